@@ -1,0 +1,49 @@
+# Quickstart: `make run` (whole stack in the foreground) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Development defaults for `make run`; a .env file or the environment overrides them.
+export ENV ?= dev
+export ADMIN_TOKEN ?= dev-admin-token-change-me-in-production
+
+.PHONY: run test lint typecheck bench bench-quick install clean
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run both services (and migrations) against local PostgreSQL and RabbitMQ; Ctrl-C stops both.
+run: $(STAMP)
+	$(BIN)/click-gateway migrate
+	@echo "gateway on :$${GATEWAY_PORT:-8000}, dispatcher on :$${DISPATCHER_PORT:-8001} (Ctrl-C stops both)"
+	@trap 'kill -TERM $$gw $$dp 2>/dev/null; wait $$gw $$dp' INT TERM; \
+	$(BIN)/click-gateway serve --no-migrate & gw=$$!; \
+	$(BIN)/postback-dispatcher serve & dp=$$!; \
+	wait -n $$gw $$dp; status=$$?; kill -TERM $$gw $$dp 2>/dev/null; wait $$gw $$dp; exit $$status
+
+## Run the whole test suite against real PostgreSQL, RabbitMQ and HTTP receivers.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy shared services
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --full
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

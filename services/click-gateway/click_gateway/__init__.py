@@ -1,0 +1,1 @@
+"""The click gateway: SmartLink redirects, click recording, admin and conversion APIs."""

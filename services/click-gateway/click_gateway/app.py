@@ -1,0 +1,64 @@
+"""The gateway's ASGI application.
+
+The SmartLink redirect is the hot path, so ``/get/...`` is answered by a lean
+raw-ASGI handler that bypasses FastAPI's routing and validation; everything
+else (admin and conversion APIs, health, docs) is a normal FastAPI app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from postback_core.web import install_error_handlers
+
+from click_gateway import health
+from click_gateway.runtime import GatewayRuntime
+from click_gateway.settings import GatewaySettings
+
+CLICK_PREFIX = "/get/"
+
+
+def create_api(runtime: GatewayRuntime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    api = FastAPI(
+        title="Click gateway",
+        version="1.0.0",
+        description="SmartLink redirects, admin API and conversion reporting.",
+        lifespan=lifespan,
+    )
+    api.state.runtime = runtime
+    install_error_handlers(api)
+    api.include_router(health.router)
+    from click_gateway.routers import include_feature_routers
+
+    include_feature_routers(api)
+    return api
+
+
+class GatewayApp:
+    """Routes ``/get/{code}`` to the click handler and everything else to FastAPI."""
+
+    def __init__(self, runtime: GatewayRuntime) -> None:
+        self.runtime = runtime
+        self.api = create_api(runtime)
+        self._click = runtime.clicks.handle
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(CLICK_PREFIX):
+            await self._click(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
+    return GatewayApp(GatewayRuntime.build(settings or GatewaySettings()))

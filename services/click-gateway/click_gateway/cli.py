@@ -1,0 +1,90 @@
+"""``click-gateway``: run the gateway or migrate its database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+import uvicorn
+from postback_core.logs import configure_logging
+from pydantic import ValidationError
+
+from click_gateway.settings import GatewaySettings
+
+cli = typer.Typer(
+    help="SmartLink click gateway: redirects, click recording, admin and conversion APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+log = logging.getLogger("click_gateway")
+
+
+def _settings() -> GatewaySettings:
+    try:
+        return GatewaySettings()
+    except ValidationError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _migrate(settings: GatewaySettings) -> None:
+    from postback_core.db.base import ensure_database, run_migrations
+
+    from click_gateway.runtime import declare_broker_topology
+
+    if asyncio.run(ensure_database(settings.database_url)):
+        log.info("created database")
+    run_migrations(settings.database_url)
+    log.info("database migrated to head")
+    try:
+        asyncio.run(declare_broker_topology(settings))
+        log.info("broker topology declared")
+    except Exception as exc:  # the relay declares it again once the broker is up
+        log.warning("broker not reachable, topology not declared yet: %s", exc)
+
+
+@cli.command()
+def migrate() -> None:
+    """Create the database if missing, apply migrations, declare the queue topology."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    _migrate(settings)
+
+
+@cli.command()
+def serve(
+    port: int | None = typer.Option(None, help="Port (default GATEWAY_PORT)."),
+    host: str | None = typer.Option(None, help="Bind address (default HOST)."),
+    workers: int | None = typer.Option(None, help="Worker processes (default GATEWAY_WORKERS)."),
+    migrate_first: bool = typer.Option(
+        True, "--migrate/--no-migrate", help="Create/migrate the database before serving."
+    ),
+) -> None:
+    """Serve the gateway (Ctrl-C or SIGTERM stops it after flushing buffered clicks)."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if migrate_first:
+        _migrate(settings)
+    uvicorn.run(
+        "click_gateway.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        proxy_headers=False,  # we read X-Forwarded-For ourselves, only from TRUSTED_PROXIES
+        server_header=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(max(5, settings.click_flush_interval_ms / 1000 + 5)),
+    )
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Smartlinks feature."""

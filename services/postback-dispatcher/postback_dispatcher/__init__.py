@@ -1,0 +1,1 @@
+"""The postback dispatcher: consumes conversion events and delivers publishers' postbacks."""

@@ -1,0 +1,59 @@
+"""``postback-dispatcher``: run the dispatcher, or operate its dead-letter queue."""
+
+from __future__ import annotations
+
+import typer
+import uvicorn
+from postback_core.logs import configure_logging
+from pydantic import ValidationError
+
+from postback_dispatcher.settings import DispatcherSettings
+
+cli = typer.Typer(
+    help="Postback dispatcher: delivers conversion postbacks; operator tools for dead letters.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@cli.callback()
+def _root() -> None:
+    """Postback dispatcher."""
+
+
+def _settings() -> DispatcherSettings:
+    try:
+        return DispatcherSettings()
+    except ValidationError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@cli.command()
+def serve(
+    port: int | None = typer.Option(None, help="Port (default DISPATCHER_PORT)."),
+    host: str | None = typer.Option(None, help="Bind address (default HOST)."),
+) -> None:
+    """Consume conversion events and deliver postbacks; serve health and operator APIs."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "postback_dispatcher.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

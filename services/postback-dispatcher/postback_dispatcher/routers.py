@@ -1,0 +1,9 @@
+"""Feature routers and pages mounted on the dispatcher's FastAPI app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+
+def include_feature_routers(app: FastAPI) -> None:
+    return None

@@ -1,0 +1,90 @@
+"""The conversion event: what the gateway publishes and the dispatcher consumes.
+
+Versioned and self-contained: it carries every value a postback macro needs,
+so the dispatcher never reads the clicks table. Money travels as a decimal
+string, never a float.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
+
+SCHEMA_VERSION = 1
+CONVERSION_CREATED = "conversion.created"
+
+DecimalString = Annotated[
+    Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
+]
+
+
+class SubIds(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sub1: str | None = None
+    sub2: str | None = None
+    sub3: str | None = None
+    sub4: str | None = None
+    sub5: str | None = None
+
+
+class ConversionEvent(BaseModel):
+    """Schema version 1 of ``conversion.created``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_type: Literal["conversion.created"] = CONVERSION_CREATED
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    conversion_id: int
+    click_id: int
+    external_id: str | None = None
+    publisher_id: int
+    smartlink_id: int | None = None
+    offer_id: int | None = None
+    advertiser_id: int | None = None
+    payout: DecimalString
+    currency: str = "USD"
+    txid: str | None = None
+    country: str | None = None
+    ip: str | None = None
+    os: str | None = None
+    device: str | None = None
+    sub_ids: SubIds = SubIds()
+    occurred_at: datetime
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class ContractError(ValueError):
+    """A message that is not a valid conversion event; ``reason`` is for operators."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_conversion_event(body: bytes) -> ConversionEvent:
+    """Parse a message body, telling bad JSON, unknown versions and missing fields apart."""
+    try:
+        raw: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"malformed JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ContractError("event must be a JSON object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ContractError(f"unsupported schema_version: {version!r}")
+    try:
+        return ConversionEvent.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ContractError(f"invalid event: {problems}") from exc

@@ -1,0 +1,1 @@
+"""Database models and helpers shared by both services."""

@@ -1,0 +1,98 @@
+"""Settings bases shared by both services.
+
+Each service declares its own ``BaseSettings`` subclass on top of these so
+configuration is read from the environment once, validated at start-up and
+refused early when it is unsafe (fail fast on bad config).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postback"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+# Values that look like someone forgot to set a real secret.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "change_me", "secret", "admin", "token", "dev", "test", "xxx"}
+)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: where the database and broker are, who is admin."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    env: Literal["dev", "test", "production"] = Field("production", alias="ENV")
+    database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    amqp_url: str = Field(DEFAULT_AMQP_URL, alias="AMQP_URL")
+    admin_token: str = Field("", alias="ADMIN_TOKEN", repr=False)
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+    # Delays between postback attempts; both services need them because the
+    # retry tiers are part of the shared queue topology.
+    postback_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
+        DEFAULT_RETRY_DELAYS, alias="POSTBACK_RETRY_DELAYS"
+    )
+    db_pool_size: int = Field(10, alias="DB_POOL_SIZE", ge=1, le=200)
+
+    @field_validator("postback_retry_delays", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            delays = tuple(float(v) for v in value)
+            if any(d <= 0 for d in delays):
+                raise ValueError("every retry delay must be a positive number of seconds")
+            return delays
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("DATABASE_URL must be a postgresql+asyncpg:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_token_is_real(self) -> CommonSettings:
+        if self.env != "dev" and (
+            self.admin_token.strip().lower() in PLACEHOLDER_SECRETS or len(self.admin_token) < 16
+        ):
+            raise ValueError(
+                "ADMIN_TOKEN must be set to a real secret (16+ characters) unless ENV=dev"
+            )
+        return self
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env == "dev"
+
+
+class HTTPServiceSettings(CommonSettings):
+    """Bases for a process that serves HTTP (both of ours do)."""
+
+    trusted_proxies: Annotated[
+        tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
+    ] = Field((), alias="TRUSTED_PROXIES")
+    host: str = Field("127.0.0.1", alias="HOST")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+        return value
