@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Development defaults for `make run`; a .env file or the environment overrides them.
+# Development defaults for a fresh machine; a .env file (see .env.example) or
+# the environment takes precedence.
+ifeq ($(wildcard .env),)
 export ENV ?= dev
 export ADMIN_TOKEN ?= dev-admin-token-change-me-in-production
+endif
 
 .PHONY: run test lint typecheck bench bench-quick install clean
 
