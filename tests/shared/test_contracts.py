@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
+
 from postback_core.contracts import ContractError, ConversionEvent, decode_conversion_event
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from postback_core.macros import MACROS, TemplateError, validate_postback_template
 
 

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from click_gateway.settings import GatewaySettings
 from postback_dispatcher.settings import DispatcherSettings
-from pydantic import ValidationError
 
 
 @pytest.mark.parametrize("token", ["", "changeme", "short"])

@@ -9,6 +9,7 @@ import uuid
 from urllib.parse import quote
 
 import asyncpg
+
 from postback_core.db.base import asyncpg_dsn, prepare_database
 
 PG_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
