@@ -6,10 +6,11 @@ import asyncio
 import os
 
 from alembic import context
-from postback_core.db import models  # noqa: F401  (registers every table)
-from postback_core.db.base import Base
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from postback_core.db import models  # noqa: F401  (registers every table)
+from postback_core.db.base import Base
 
 target_metadata = Base.metadata
 
