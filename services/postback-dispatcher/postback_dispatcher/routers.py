@@ -6,4 +6,6 @@ from fastapi import FastAPI
 
 
 def include_feature_routers(app: FastAPI) -> None:
-    return None
+    from postback_dispatcher.dead_letters import router as dead_letters
+
+    dead_letters.install(app)

@@ -1,0 +1,1 @@
+"""Dead letters: the operators' view of postbacks that gave up, with replay and purge."""
