@@ -1,0 +1,94 @@
+"""Turn a publisher's postback URL template and a conversion event into the URL to call.
+
+Templates are parsed once (cached per template string) into literal pieces and
+macro slots, so rendering on the hot path is a join. Every macro value is
+percent-encoded with ``quote(value, safe="")`` wherever it stands: an external
+id ``a b&c=d`` arrives at the receiver as one intact value, and a ``/`` in a
+path segment can't create a new segment. Literal template text is only
+repaired (spaces and non-ASCII percent-encoded; existing ``%XX`` kept), so the
+rendered string is exactly what goes on the wire and what gets signed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from functools import lru_cache
+from urllib.parse import quote
+
+from postback_core.contracts import ConversionEvent
+from postback_core.macros import MACRO_NAMES, MACRO_PATTERN
+
+# Characters allowed to stay as they are in the literal parts of a template:
+# the URL's own delimiters, an already-encoded "%XX", and braces (an unknown
+# "{...}" is left exactly as the publisher wrote it).
+_LITERAL_SAFE = "!#$%&'()*+,/:;=?@[]{}~-._"
+_TWO_PLACES = Decimal("0.01")
+
+
+def format_payout(payout: Decimal) -> str:
+    """A plain decimal with at least two places: ``0.50``, ``2.00``, ``1.2345``."""
+    value = payout.normalize()
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -2:
+        value = value.quantize(_TWO_PLACES)
+    return format(value, "f")
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def macro_values(event: ConversionEvent, security_token: str | None) -> dict[str, str]:
+    """The value of each of the eleven macros for this event; missing values are empty."""
+    return {
+        "click_id": str(event.click_id),
+        "external_id": _text(event.external_id),
+        "publisher_id": str(event.publisher_id),
+        "payout": format_payout(event.payout),
+        "country": _text(event.country),
+        "ip": _text(event.ip),
+        "os": _text(event.os),
+        "device": _text(event.device),
+        "offer_id": _text(event.offer_id),
+        "smartlink_id": _text(event.smartlink_id),
+        "security_token": _text(security_token),
+    }
+
+
+# A parsed template: literal strings alternate with macro names (odd positions).
+ParsedTemplate = tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def parse_template(template: str) -> ParsedTemplate:
+    """Split a template into literal text and known macros; unknown ``{...}`` stay literal."""
+    pieces: list[str] = []
+    literal: list[str] = []
+    position = 0
+    for match in MACRO_PATTERN.finditer(template):
+        name = match.group(1)
+        if name not in MACRO_NAMES:
+            continue
+        literal.append(template[position : match.start()])
+        pieces.append(quote("".join(literal), safe=_LITERAL_SAFE))
+        pieces.append(name)
+        literal = []
+        position = match.end()
+    literal.append(template[position:])
+    pieces.append(quote("".join(literal), safe=_LITERAL_SAFE))
+    return tuple(pieces)
+
+
+def render_postback_url(template: str, values: Mapping[str, str | None]) -> str:
+    """Substitute the macros of ``template`` with percent-encoded ``values``."""
+    parsed = parse_template(template.strip())
+    out: list[str] = []
+    for index, piece in enumerate(parsed):
+        if index % 2 == 0:
+            out.append(piece)
+        else:
+            value = values.get(piece)
+            if value:
+                out.append(quote(value, safe=""))
+    return "".join(out)
