@@ -1,14 +1,62 @@
-"""Placeholder: the SmartLink click path (implemented in the clicks feature work)."""
+"""The SmartLink click path: ``GET``/``HEAD /get/{code}`` → record the click → 302.
+
+Built for speed (raw ASGI, see ``app.py``): the SmartLink and its offers come
+from the in-memory catalogue, the click id is generated in-process, the
+visitor is classified from cached lookups, and the click row goes to a write
+buffer that COPYs to PostgreSQL every few milliseconds. No database round
+trip and no blocking call happens while a click is answered.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from click_gateway.clicks import repository
+from click_gateway.clicks.buffer import ClickBuffer, ClickRow
+from click_gateway.clicks.cache import CatalogCache
+from click_gateway.clicks.ids import (
+    ClickIdGenerator,
+    NodeLease,
+    click_created_at,
+    click_id_ms,
+    is_plausible_click_id,
+)
+from click_gateway.clicks.visitor import (
+    MAX_USER_AGENT_LENGTH,
+    ClientAddressResolver,
+    classify_user_agent,
+    country_of,
+)
 from click_gateway.settings import GatewaySettings
+from postback_core.db.base import asyncpg_dsn
+
+log = logging.getLogger(__name__)
+
+CLICK_PATH_PREFIX = "/get/"
+EXTERNAL_ID_PARAMS = ("cid", "clickid", "click_id", "external_id")
+SUB_ID_PARAMS = ("sub1", "sub2", "sub3", "sub4", "sub5")
+MAX_PARAM_LENGTH = 256
+MAX_QUERY_LENGTH = 8192
+PARTITION_MAINTENANCE_SECONDS = 3600.0
+# A click younger than this may still sit in another gateway process's buffer.
+RECENT_CLICK_SECONDS = 2.0
+FIND_POLL_DEADLINE_SECONDS = 1.5
+FIND_POLL_INTERVAL_SECONDS = 0.05
+
+_REDIRECT_HEADERS_TAIL = (
+    (b"cache-control", b"no-store"),
+    (b"content-length", b"0"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +80,85 @@ class ClickRecord:
     sub5: str | None = None
 
 
+def _page(status: int, title: str, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = (
+        "<!doctype html><html><head><meta charset=utf-8><title>"
+        f"{title}</title></head><body><h1>{title}</h1><p>{message}</p></body></html>"
+    ).encode()
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"cache-control", b"no-store"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return status, headers, body
+
+
+NOT_FOUND_PAGE = _page(404, "Link not found", "This link does not exist or is no longer active.")
+NO_OFFER_PAGE = _page(404, "No offer available", "There is no offer available for you right now.")
+BUSY_PAGE = _page(503, "Try again shortly", "We could not handle your click right now.")
+METHOD_PAGE = _page(405, "Method not allowed", "Use GET.")
+METHOD_PAGE[1].append((b"allow", b"GET, HEAD"))
+BUSY_PAGE[1].append((b"retry-after", b"1"))
+
+
+def _clean(value: str, limit: int = MAX_PARAM_LENGTH) -> str | None:
+    """Capped and free of NUL (PostgreSQL text can't hold it); None when empty."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    value = value.strip()[:limit]
+    return value or None
+
+
+def parse_click_query(query: bytes) -> tuple[str | None, list[str | None]]:
+    """The external click id (first non-empty alias) and sub1..sub5."""
+    subs: list[str | None] = [None, None, None, None, None]
+    if not query:
+        return None, subs
+    text = query[:MAX_QUERY_LENGTH].decode("latin-1")
+    aliases: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=False):
+        if name in EXTERNAL_ID_PARAMS:
+            if name not in aliases and value.strip():
+                aliases[name] = value
+        elif name in SUB_ID_PARAMS:
+            index = int(name[3]) - 1
+            if subs[index] is None:
+                subs[index] = _clean(value)
+    external_id = None
+    for name in EXTERNAL_ID_PARAMS:
+        candidate = aliases.get(name)
+        if candidate is not None:
+            external_id = _clean(candidate)
+            if external_id:
+                break
+    return external_id, subs
+
+
+def record_from_row(row: ClickRow | asyncpg.Record) -> ClickRecord:
+    """A buffered row (tuple in CLICK_COLUMNS order) or a fetched row as a ClickRecord."""
+    if isinstance(row, tuple):
+        values = dict(zip(repository.CLICK_COLUMNS, row, strict=True))
+    else:
+        values = dict(row)
+    return ClickRecord(
+        click_id=values["click_id"],
+        created_at=values["created_at"],
+        external_id=values["external_id"],
+        publisher_id=values["publisher_id"],
+        smartlink_id=values["smartlink_id"],
+        offer_id=values["offer_id"],
+        ip=values["ip"],
+        country=values["country"],
+        os=values["os"],
+        device=values["device"],
+        sub1=values["sub1"],
+        sub2=values["sub2"],
+        sub3=values["sub3"],
+        sub4=values["sub4"],
+        sub5=values["sub5"],
+    )
+
+
 class ClickService:
     def __init__(
         self,
@@ -42,18 +169,222 @@ class ClickService:
         self.settings = settings
         self.engine = engine
         self.sessionmaker = sessionmaker
+        self.dsn = asyncpg_dsn(settings.database_url)
+        self.addresses = ClientAddressResolver(settings.trusted_proxies)
+        self.buffer = ClickBuffer(
+            self.dsn, settings.click_flush_interval_ms, settings.click_flush_max_rows
+        )
+        self.pool: asyncpg.Pool | None = None
+        self.cache: CatalogCache | None = None
+        self.lease: NodeLease | None = None
+        self.ids: ClickIdGenerator | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        await self._maintain_partitions()
+        self.lease = NodeLease(self.pool)
+        self.ids = await self.lease.start()
+        self.cache = CatalogCache(self.pool, self.settings.cache_refresh_seconds)
+        await self.cache.start()
+        await self.buffer.start()
+        self._maintenance = asyncio.create_task(
+            self._maintain_partitions_forever(), name="click-partitions"
+        )
+        self._accepting = True
 
     async def stop(self) -> None:
-        return None
+        """Stop taking clicks, flush every buffered click, release the id node."""
+        self._accepting = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        if self.cache is not None:
+            await self.cache.stop()
+        await self.buffer.stop()
+        if self.lease is not None:
+            await self.lease.stop()
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def _maintain_partitions(self) -> None:
+        """Daily partitions for yesterday..+3 days; drop those past the retention."""
+        assert self.pool is not None
+        try:
+            created = await repository.ensure_click_partitions(self.pool, 1, 3)
+            cutoff = datetime.now(UTC).date() - timedelta(days=self.settings.click_retention_days)
+            dropped = await repository.drop_click_partitions_before(self.pool, cutoff)
+            if created or dropped:
+                log.info("click partitions: %d created, %d dropped", created, dropped)
+        except asyncpg.PostgresError as exc:
+            # Another process may be doing the same right now; the default
+            # partition still takes every click meanwhile.
+            log.warning("click partition maintenance failed: %s", exc)
+
+    async def _maintain_partitions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PARTITION_MAINTENANCE_SECONDS)
+            try:
+                await self._maintain_partitions()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("click partition maintenance failed")
+
+    # --- the click --------------------------------------------------------------------
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Raw ASGI handler for GET/HEAD /get/{code}."""
-        await send({"type": "http.response.start", "status": 404, "headers": []})
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await self._send_page(send, METHOD_PAGE, method)
+            return
+        cache = self.cache
+        if cache is None or not self._accepting:
+            await self._send_page(send, BUSY_PAGE, method)
+            return
+        code = scope["path"][len(CLICK_PATH_PREFIX) :]
+        if code.endswith("/"):
+            code = code[:-1]
+        smartlink = cache.smartlinks.get(code)
+        if smartlink is None:
+            await self._send_page(send, NOT_FOUND_PAGE, method)
+            return
+
+        user_agent = ""
+        forwarded_for = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                text = value.decode("latin-1")
+                forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
+        if len(user_agent) > MAX_USER_AGENT_LENGTH or "\x00" in user_agent:
+            user_agent = user_agent.replace("\x00", "")[:MAX_USER_AGENT_LENGTH]
+        client = scope.get("client")
+        ip = self.addresses.resolve(client[0] if client else None, forwarded_for)
+        country = country_of(ip) if ip is not None else None
+        os_family, device, is_bot = classify_user_agent(user_agent)
+        if method == "HEAD":
+            is_bot = True
+
+        offer = smartlink.choose(country, os_family, device)
+        if offer is None:
+            template = smartlink.fallback
+            if template is None:
+                await self._send_page(send, NO_OFFER_PAGE, method)
+                return
+            offer_id = None
+        else:
+            template = offer.url
+            offer_id = offer.id
+        if not self.buffer.has_room():
+            await self._send_page(send, BUSY_PAGE, method)
+            return
+
+        external_id, subs = parse_click_query(scope["query_string"])
+        assert self.ids is not None
+        click_id = self.ids.next_id()
+        if template.names:
+            location = template.render(
+                {
+                    "click_id": click_id,
+                    "external_id": external_id,
+                    "publisher_id": smartlink.publisher_id,
+                    "smartlink_id": smartlink.id,
+                    "offer_id": offer_id,
+                    "country": country,
+                    "os": os_family,
+                    "device": device,
+                    "ip": ip,
+                    "sub1": subs[0],
+                    "sub2": subs[1],
+                    "sub3": subs[2],
+                    "sub4": subs[3],
+                    "sub5": subs[4],
+                }
+            )
+        else:
+            location = template.literals[0]
+        self.buffer.add(
+            click_id,
+            (
+                click_id,
+                click_created_at(click_id),
+                external_id,
+                smartlink.publisher_id,
+                smartlink.id,
+                offer_id,
+                ip,
+                country,
+                os_family,
+                device,
+                user_agent or None,
+                subs[0],
+                subs[1],
+                subs[2],
+                subs[3],
+                subs[4],
+                is_bot,
+                method,
+            ),
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 302,
+                "headers": [(b"location", location.encode("latin-1")), *_REDIRECT_HEADERS_TAIL],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
+    @staticmethod
+    async def _send_page(
+        send: Any, page: tuple[int, list[tuple[bytes, bytes]], bytes], method: str
+    ) -> None:
+        status, headers, body = page
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    # --- lookups ------------------------------------------------------------------------
+
     async def find_click(self, click_id: int) -> ClickRecord | None:
-        """The click by internal id, whether still in the write buffer or in PostgreSQL."""
-        return None
+        """The click by internal id, whether still in the write buffer or in PostgreSQL.
+
+        A click issued in the last moments may still be in *another* gateway
+        process's buffer (flushed within a second), so a miss on a very recent
+        id is retried briefly before giving up.
+        """
+        if not is_plausible_click_id(click_id):
+            return None
+        age = time.time() - click_id_ms(click_id) / 1000
+        if age < -60:
+            return None  # from the future: not an id we issued
+        created_at = click_created_at(click_id)
+        deadline = time.monotonic() + FIND_POLL_DEADLINE_SECONDS
+        while True:
+            buffered = self.buffer.get(click_id)
+            if buffered is not None:
+                return record_from_row(buffered)
+            row = await self._select(click_id, created_at)
+            if row is not None:
+                return record_from_row(row)
+            if age > RECENT_CLICK_SECONDS or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(FIND_POLL_INTERVAL_SECONDS)
+
+    async def _select(self, click_id: int, created_at: datetime) -> asyncpg.Record | None:
+        if self.pool is not None:
+            return await repository.find_click(self.pool, click_id, created_at)
+        # Not started (e.g. a tool using the service directly): one short connection.
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await repository.find_click(conn, click_id, created_at)
+        finally:
+            await conn.close()

@@ -1,0 +1,260 @@
+"""The in-memory SmartLink/offer catalogue that the click path reads instead of the database.
+
+Loaded at start, then a cheap fingerprint query every ``cache_refresh_seconds``
+decides whether to reload; a full reload also happens every
+``FULL_RELOAD_SECONDS`` as a safety net. Each load builds a new immutable
+snapshot and swaps it in with one assignment, so a click never sees a
+half-built catalogue. Offer URL templates are split into literal parts and
+macro names at load time, so rendering a redirect is a join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+
+from click_gateway.clicks import repository
+
+log = logging.getLogger(__name__)
+
+FULL_RELOAD_SECONDS = 60.0
+# Per-SmartLink memo of (country, os, device) → eligible offers; bounded.
+MAX_TARGETING_MEMO = 4096
+
+# Click values an offer (or fallback) URL may carry. ``{click_id}`` is the one
+# advertisers need; the others help them segment traffic.
+SUPPORTED_URL_MACROS: tuple[str, ...] = (
+    "click_id",
+    "external_id",
+    "publisher_id",
+    "smartlink_id",
+    "offer_id",
+    "country",
+    "os",
+    "device",
+    "ip",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+)
+try:
+    # The admin API validates offer templates against this list; render the same set.
+    from click_gateway.offers.macros import OFFER_URL_MACROS
+except ImportError:  # pragma: no cover - the offers feature ships alongside
+    OFFER_URL_MACROS = frozenset(SUPPORTED_URL_MACROS)
+CLICK_URL_MACROS: tuple[str, ...] = tuple(
+    name for name in SUPPORTED_URL_MACROS if name in OFFER_URL_MACROS or name == "ip"
+)
+_MACRO_SPLIT = re.compile(r"\{(" + "|".join(CLICK_URL_MACROS) + r")\}")
+# Characters kept as-is in the literal parts of a template; anything else
+# (spaces, non-ASCII) is percent-encoded so the Location header is valid.
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+
+
+@dataclass(frozen=True, slots=True)
+class UrlTemplate:
+    """``literals[0] + v(names[0]) + literals[1] + … + literals[-1]``."""
+
+    literals: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, template: str) -> UrlTemplate:
+        pieces = _MACRO_SPLIT.split(template.strip())
+        literals = tuple(quote(piece, safe=_URL_SAFE) for piece in pieces[0::2])
+        return cls(literals=literals, names=tuple(pieces[1::2]))
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        if not self.names:
+            return self.literals[0]
+        literals = self.literals
+        out = [literals[0]]
+        for index, name in enumerate(self.names):
+            value = values.get(name)
+            out.append("" if value is None else quote(str(value), safe=""))
+            out.append(literals[index + 1])
+        return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferEntry:
+    id: int
+    url: UrlTemplate
+    weight: int
+    countries: frozenset[str] | None  # None = any
+    os: frozenset[str] | None  # lower-cased families; None = any
+    devices: frozenset[str] | None
+
+    def accepts(self, country: str | None, os_key: str, device: str) -> bool:
+        if self.countries is not None and country not in self.countries:
+            return False
+        if self.os is not None and os_key not in self.os:
+            return False
+        return self.devices is None or device in self.devices
+
+
+@dataclass(slots=True)
+class SmartLinkEntry:
+    id: int
+    code: str
+    publisher_id: int
+    fallback: UrlTemplate | None
+    offers: tuple[OfferEntry, ...]
+    _memo: dict[tuple[str | None, str, str], tuple[tuple[OfferEntry, ...], list[int]]] = field(
+        default_factory=dict
+    )
+
+    def eligible(
+        self, country: str | None, os_family: str | None, device: str
+    ) -> tuple[tuple[OfferEntry, ...], list[int]]:
+        """Matching offers with positive weight, and their cumulative weights (memoised)."""
+        os_key = (os_family or "").lower()
+        key = (country, os_key, device)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        matching = tuple(
+            o for o in self.offers if o.weight > 0 and o.accepts(country, os_key, device)
+        )
+        cumulative: list[int] = []
+        total = 0
+        for offer in matching:
+            total += offer.weight
+            cumulative.append(total)
+        if len(self._memo) >= MAX_TARGETING_MEMO:
+            self._memo.clear()
+        self._memo[key] = (matching, cumulative)
+        return matching, cumulative
+
+    def choose(self, country: str | None, os_family: str | None, device: str) -> OfferEntry | None:
+        """A weighted random choice among matching offers; None when nothing matches."""
+        matching, cumulative = self.eligible(country, os_family, device)
+        if not matching:
+            return None
+        if len(matching) == 1:
+            return matching[0]
+        pick = random.random() * cumulative[-1]
+        return matching[bisect.bisect_right(cumulative, pick)]
+
+
+def _lower_set(values: Sequence[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    return frozenset(v.strip().lower() for v in values if v)
+
+
+def _upper_set(values: Sequence[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    return frozenset(v.strip().upper() for v in values if v)
+
+
+def build_catalog(rows: Sequence[Mapping[str, Any]]) -> dict[str, SmartLinkEntry]:
+    """Group the catalogue query's rows (one per SmartLink x active offer) by code."""
+    offers: dict[int, OfferEntry] = {}
+    links: dict[str, SmartLinkEntry] = {}
+    link_offers: dict[str, list[OfferEntry]] = {}
+    for row in rows:
+        code = row["code"]
+        if code not in links:
+            fallback = row["fallback_url"]
+            links[code] = SmartLinkEntry(
+                id=row["smartlink_id"],
+                code=code,
+                publisher_id=row["publisher_id"],
+                fallback=UrlTemplate.parse(fallback) if fallback else None,
+                offers=(),
+            )
+            link_offers[code] = []
+        offer_id = row["offer_id"]
+        if offer_id is None:
+            continue
+        offer = offers.get(offer_id)
+        if offer is None:
+            offer = OfferEntry(
+                id=offer_id,
+                url=UrlTemplate.parse(row["url_template"]),
+                weight=max(0, int(row["weight"])),
+                countries=_upper_set(row["countries"]),
+                os=_lower_set(row["os"]),
+                devices=_lower_set(row["devices"]),
+            )
+            offers[offer_id] = offer
+        link_offers[code].append(offer)
+    for code, entry in links.items():
+        entry.offers = tuple(link_offers[code])
+    return links
+
+
+class CatalogCache:
+    """Holds the current snapshot (``smartlinks``: code → entry) and keeps it fresh."""
+
+    def __init__(self, pool: asyncpg.Pool, refresh_seconds: float) -> None:
+        self.pool = pool
+        self.refresh_seconds = refresh_seconds
+        self.smartlinks: dict[str, SmartLinkEntry] = {}
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._loaded_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._refresh_forever(), name="click-catalog-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reload(self) -> None:
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            # One snapshot: the fingerprint and the rows describe the same state.
+            fingerprint = await repository.catalog_fingerprint(conn)
+            rows = await repository.load_catalog(conn)
+        self.smartlinks = build_catalog(rows)
+        self._fingerprint = fingerprint
+        self._loaded_at = time.monotonic()
+
+    async def refresh(self) -> bool:
+        """Reload if anything changed (or the safety-net period passed); True if reloaded."""
+        if time.monotonic() - self._loaded_at < FULL_RELOAD_SECONDS:
+            fingerprint = await repository.catalog_fingerprint(self.pool)
+            if fingerprint == self._fingerprint:
+                return False
+        await self.reload()
+        return True
+
+    async def _refresh_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                if await self.refresh():
+                    log.debug("SmartLink cache reloaded: %d links", len(self.smartlinks))
+                if failing:
+                    log.info("SmartLink cache refresh recovered")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not failing:
+                    log.exception("SmartLink cache refresh failed; serving the last snapshot")
+                failing = True

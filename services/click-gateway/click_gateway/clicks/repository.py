@@ -1,0 +1,210 @@
+"""All SQL of the click path, on raw asyncpg (COPY needs it; the rest is hot-ish too).
+
+Functions take an ``asyncpg`` pool or connection (anything with fetch/execute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+# Column order of every buffered click row (a tuple) and of COPY.
+CLICK_COLUMNS: tuple[str, ...] = (
+    "click_id",
+    "created_at",
+    "external_id",
+    "publisher_id",
+    "smartlink_id",
+    "offer_id",
+    "ip",
+    "country",
+    "os",
+    "device",
+    "user_agent",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+    "is_bot",
+    "method",
+)
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+
+# --- click-id infrastructure -------------------------------------------------
+
+
+async def cluster_secret(db: Executor, name: str, candidate: bytes) -> bytes:
+    """The cluster-wide secret ``name``; the first process to ask stores ``candidate``."""
+    await db.execute(
+        "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        name,
+        candidate,
+    )
+    value: bytes = await db.fetchval("SELECT value FROM cluster_secrets WHERE name = $1", name)
+    return value
+
+
+async def lease_id_node(db: Executor, holder: str, max_node: int, seconds: float) -> int | None:
+    """Take a random node that is free or whose lease expired; None if we lost a race.
+
+    The conditional upsert re-checks expiry under the row lock, so two
+    processes racing for the same node can't both get it.
+    """
+    node: int | None = await db.fetchval(
+        """
+        WITH candidate AS (
+            SELECT n AS node
+            FROM generate_series(0, $2::int) AS n
+            LEFT JOIN id_nodes i ON i.node = n
+            WHERE i.node IS NULL OR i.leased_until < now()
+            ORDER BY random()
+            LIMIT 1
+        )
+        INSERT INTO id_nodes (node, holder, leased_until)
+        SELECT node, $1, now() + make_interval(secs => $3) FROM candidate
+        ON CONFLICT (node) DO UPDATE
+            SET holder = excluded.holder, leased_until = excluded.leased_until
+            WHERE id_nodes.leased_until < now()
+        RETURNING node
+        """,
+        holder,
+        max_node,
+        seconds,
+    )
+    return node
+
+
+async def renew_id_node(db: Executor, node: int, holder: str, seconds: float) -> bool:
+    renewed = await db.fetchval(
+        """
+        UPDATE id_nodes SET leased_until = now() + make_interval(secs => $3)
+        WHERE node = $1 AND holder = $2
+        RETURNING node
+        """,
+        node,
+        holder,
+        seconds,
+    )
+    return renewed is not None
+
+
+async def release_id_node(db: Executor, node: int, holder: str, cooldown_seconds: float) -> None:
+    await db.execute(
+        """
+        UPDATE id_nodes SET leased_until = now() + make_interval(secs => $3)
+        WHERE node = $1 AND holder = $2
+        """,
+        node,
+        holder,
+        cooldown_seconds,
+    )
+
+
+# --- SmartLink / offer catalogue ---------------------------------------------
+
+
+async def catalog_fingerprint(db: Executor) -> tuple[Any, ...]:
+    """A cheap summary that changes whenever anything the cache holds changes.
+
+    ``updated_at`` catches edits made through the ORM; the id/flag hashes catch
+    raw activations, deactivations and link changes that don't touch it.
+    """
+    row = await db.fetchrow(
+        """
+        SELECT
+            (SELECT row(max(updated_at), count(*),
+                        sum(hashtext(id || ':' || is_active || ':' || publisher_id)))::text
+             FROM smartlinks) AS smartlinks,
+            (SELECT row(max(updated_at), count(*),
+                        sum(hashtext(id || ':' || is_active || ':' || weight)))::text
+             FROM offers) AS offers,
+            (SELECT row(count(*), sum(hashtext(smartlink_id || ':' || offer_id)))::text
+             FROM smartlink_offers) AS links,
+            (SELECT row(count(*), sum(hashtext(id || ':' || is_active)))::text
+             FROM publishers) AS publishers,
+            (SELECT row(count(*), sum(hashtext(id || ':' || is_active)))::text
+             FROM advertisers) AS advertisers
+        """
+    )
+    return tuple(row.values())
+
+
+async def load_catalog(db: Executor) -> list[asyncpg.Record]:
+    """Every servable SmartLink with its active offers (one row per link; NULL offer = none)."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT s.id AS smartlink_id, s.code, s.publisher_id, s.fallback_url,
+               o.id AS offer_id, o.url_template, o.countries, o.os, o.devices, o.weight
+        FROM smartlinks s
+        JOIN publishers p ON p.id = s.publisher_id AND p.is_active
+        LEFT JOIN (
+            smartlink_offers so
+            JOIN offers o ON o.id = so.offer_id AND o.is_active
+            JOIN advertisers a ON a.id = o.advertiser_id AND a.is_active
+        ) ON so.smartlink_id = s.id
+        WHERE s.is_active
+        ORDER BY s.id, o.id
+        """
+    )
+    return rows
+
+
+# --- clicks --------------------------------------------------------------------
+
+
+async def copy_clicks(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """The fast path: one COPY of the whole batch."""
+    await conn.copy_records_to_table("clicks", records=rows, columns=CLICK_COLUMNS)
+
+
+async def insert_clicks_skipping_existing(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """COPY through a temp table and skip ids already stored.
+
+    Used after a COPY whose outcome is unknown (e.g. the connection dropped
+    after the server committed it): retrying must not fail on our own rows.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE clicks_incoming (LIKE clicks INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        await conn.copy_records_to_table("clicks_incoming", records=rows, columns=CLICK_COLUMNS)
+        columns = ", ".join(CLICK_COLUMNS)
+        await conn.execute(
+            f"INSERT INTO clicks ({columns}) SELECT {columns} FROM clicks_incoming "  # noqa: S608
+            "ON CONFLICT DO NOTHING"
+        )
+
+
+async def find_click(db: Executor, click_id: int, created_at: datetime) -> asyncpg.Record | None:
+    """One row by primary key; ``created_at`` pins it to a single partition."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        """
+        SELECT click_id, created_at, external_id, publisher_id, smartlink_id, offer_id,
+               host(ip) AS ip, country, os, device, sub1, sub2, sub3, sub4, sub5
+        FROM clicks
+        WHERE click_id = $1 AND created_at = $2
+        """,
+        click_id,
+        created_at,
+    )
+    return row
+
+
+async def ensure_click_partitions(db: Executor, days_back: int, days_ahead: int) -> int:
+    created: int = await db.fetchval(
+        "SELECT ensure_click_partitions($1, $2)", days_back, days_ahead
+    )
+    return created
+
+
+async def drop_click_partitions_before(db: Executor, cutoff: date) -> int:
+    dropped: int = await db.fetchval("SELECT drop_click_partitions_before($1)", cutoff)
+    return dropped
