@@ -25,8 +25,16 @@ def free_port() -> int:
 async def serve_asgi(app: Any, port: int | None = None) -> AsyncIterator[str]:
     """Run an ASGI app (lifespan included) under uvicorn on loopback; yield its base URL."""
     port = port or free_port()
+    # proxy_headers=False as in production (click-gateway serve): the apps read
+    # X-Forwarded-For themselves, only from TRUSTED_PROXIES.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
