@@ -1,0 +1,358 @@
+"""Plumbing every benchmark shares: throw-away infrastructure, subprocesses, machine facts.
+
+Each benchmark gets its own PostgreSQL database and RabbitMQ vhost (unique names)
+and removes them afterwards, so benchmarks never see each other's rows or queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import asyncpg
+
+from postback_core.db.base import asyncpg_dsn, prepare_database
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOG_DIR = ROOT / "bench" / "results" / "logs"
+
+PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+AMQP_SERVER = os.environ.get("BENCH_AMQP_SERVER", "amqp://guest:guest@127.0.0.1:5672")
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+
+T = TypeVar("T")
+
+
+class Skipped(Exception):
+    """A benchmark (or part of one) that cannot run yet; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- infrastructure -----------------------------------------------------------
+
+
+@dataclass
+class Infra:
+    database_url: str
+    amqp_url: str
+    vhost: str
+
+    @property
+    def dsn(self) -> str:
+        return asyncpg_dsn(self.database_url)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([exe, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+async def _create_vhost(name: str) -> None:
+    await asyncio.to_thread(_rabbitmqctl, "add_vhost", name)
+    await asyncio.to_thread(_rabbitmqctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+async def _drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(asyncpg_dsn(f"{PG_SERVER}/postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def infrastructure(prefix: str) -> AsyncIterator[Infra]:
+    """A fresh migrated database and a fresh vhost; both removed on exit, whatever happens."""
+    db_name = unique_name(f"bench_{prefix}")
+    vhost = unique_name(f"bench-{prefix}").replace("_", "-")
+    database_url = f"{PG_SERVER}/{db_name}"
+    amqp_url = f"{AMQP_SERVER}/{quote(vhost, safe='')}"
+    try:
+        await asyncio.gather(prepare_database(database_url), _create_vhost(vhost))
+        yield Infra(database_url=database_url, amqp_url=amqp_url, vhost=vhost)
+    finally:
+        results = await asyncio.gather(
+            _drop_database(database_url),
+            asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                print(f"  cleanup warning: {result!r}", file=sys.stderr)
+
+
+# --- subprocesses ---------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process in its own process group, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _log: Any = field(repr=False, default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (graceful: the gateway flushes clicks), then SIGKILL after ``timeout``."""
+        if self.alive():
+            with suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by Proc.stop
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    popen = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    return Proc(name=name, popen=popen, log_path=log_path, _log=log)
+
+
+@asynccontextmanager
+async def running(proc: Proc) -> AsyncIterator[Proc]:
+    try:
+        yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
+def service_env(infra: Infra, **extra: str | int | float) -> dict[str, str]:
+    env = {
+        "ENV": "dev",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "DATABASE_URL": infra.database_url,
+        "AMQP_URL": infra.amqp_url,
+        "LOG_LEVEL": "WARNING",
+        "HOST": "127.0.0.1",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T | None]],
+    timeout: float,
+    interval: float = 0.05,
+    proc: Proc | None = None,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail fast if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(OSError, asyncio.TimeoutError):
+            result = await check()
+            if result:
+                return result
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            tail = f"\n{proc.log_tail()}" if proc is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+        await asyncio.sleep(interval)
+
+
+async def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    """Status of a GET without following redirects (small helper for readiness checks)."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, headers=headers, allow_redirects=False) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+async def wait_http_ok(url: str, proc: Proc, timeout: float = 30.0) -> None:
+    async def ok() -> bool:
+        return await http_status(url) == 200
+
+    await wait_until(ok, timeout, interval=0.1, proc=proc, what=url)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS from /proc; psutil is not installed)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- machine facts -------------------------------------------------------------------
+
+
+def _command_output(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (out.stdout or out.stderr).strip()
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    packages = {}
+    for name in (
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "starlette",
+        "fastapi",
+        "aiohttp",
+        "httpx",
+        "aio-pika",
+        "asyncpg",
+        "sqlalchemy",
+    ):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = "not installed"
+    wrk = _command_output(["wrk", "-v"]).splitlines()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": packages,
+        "wrk": wrk[0] if wrk else "unknown",
+        "postgresql": _command_output(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"]
+        ),
+        "rabbitmq": _command_output(["rabbitmqctl", "-q", "version"]),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+# --- results -----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What one benchmark measured; filled in as it goes so a late skip keeps early figures."""
+
+    key: str
+    title: str
+    status: str = "ok"  # ok | skipped | error
+    reason: str | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    skipped_parts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def target(
+        self, name: str, measured: float | None, op: str, threshold: float, unit: str = ""
+    ) -> None:
+        passed: bool | None
+        if measured is None or measured != measured:  # missing or NaN
+            passed = None
+        elif op == ">=":
+            passed = measured >= threshold
+        else:
+            passed = measured <= threshold
+        self.targets.append(
+            {
+                "name": name,
+                "measured": measured,
+                "op": op,
+                "threshold": threshold,
+                "unit": unit,
+                "passed": passed,
+            }
+        )
+
+    def skip_part(self, part: str, reason: str) -> None:
+        self.skipped_parts.append(f"{part}: {reason}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "status": self.status,
+            "reason": self.reason,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "figures": self.figures,
+            "targets": self.targets,
+            "skipped_parts": self.skipped_parts,
+            "notes": self.notes,
+        }

@@ -1,0 +1,142 @@
+"""Conversion events for pre-filling queues, published with confirms like the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import aio_pika
+import orjson
+
+from postback_core.contracts import CONVERSION_CREATED, decode_conversion_event
+from postback_core.settings import DEFAULT_RETRY_DELAYS
+from postback_core.topology import (
+    EVENTS_EXCHANGE,
+    HEADER_ATTEMPT,
+    HEADER_TRIGGER,
+    RETRY_EXCHANGE,
+    declare_topology,
+    retry_routing_key,
+)
+
+
+def event_body(conversion_id: int, publisher_id: int) -> tuple[str, bytes]:
+    """(event id, JSON body) of a schema-v1 ``conversion.created`` event."""
+    event_id = str(uuid.uuid4())
+    body = {
+        "schema_version": 1,
+        "event_type": CONVERSION_CREATED,
+        "event_id": event_id,
+        "conversion_id": conversion_id,
+        "click_id": 7_000_000_000_000 + conversion_id,
+        "external_id": f"ext-{conversion_id}",
+        "publisher_id": publisher_id,
+        "smartlink_id": 1,
+        "offer_id": 1,
+        "advertiser_id": 1,
+        "payout": "0.5000",
+        "currency": "USD",
+        "txid": None,
+        "country": "US",
+        "ip": "8.8.8.8",
+        "os": "Android",
+        "device": "mobile",
+        "sub_ids": {"sub1": "s1", "sub2": None, "sub3": None, "sub4": None, "sub5": None},
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    return event_id, orjson.dumps(body)
+
+
+# Fail loudly here rather than in the dispatcher if the contract moves on.
+decode_conversion_event(event_body(1, 1)[1])
+
+
+async def publish_events(
+    amqp_url: str,
+    conversion_ids: Iterable[int],
+    publisher_ids: list[int],
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+    into_retry_tier: float | None = None,
+    window: int = 2000,
+    connections: int = 1,
+) -> dict[str, float]:
+    """Publish one event per conversion id, with confirms; returns count, seconds, rate.
+
+    ``into_retry_tier`` publishes straight into that retry tier's queue instead
+    (messages that wait there for the tier's TTL) - used to load the broker.
+    """
+    ids = list(conversion_ids)
+    shards = [ids[n::connections] for n in range(connections)]
+    start = time.perf_counter()
+
+    async def publish_shard(shard: list[int]) -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=15)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            topology = await declare_topology(channel, retry_delays)
+            if into_retry_tier is None:
+                exchange, routing_key = topology.events, CONVERSION_CREATED
+                headers: dict[str, object] = {}
+            else:
+                exchange, routing_key = topology.retry, retry_routing_key(into_retry_tier)
+                headers = {HEADER_ATTEMPT: 1, HEADER_TRIGGER: "retry"}
+            for offset in range(0, len(shard), window):
+                batch = shard[offset : offset + window]
+                messages = []
+                for cid in batch:
+                    event_id, body = event_body(cid, publisher_ids[cid % len(publisher_ids)])
+                    messages.append(
+                        aio_pika.Message(
+                            body,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=event_id,
+                            headers=headers or None,
+                        )
+                    )
+                await asyncio.gather(
+                    *(exchange.publish(m, routing_key=routing_key) for m in messages)
+                )
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(publish_shard(s) for s in shards if s))
+    elapsed = time.perf_counter() - start
+    return {
+        "count": len(ids),
+        "seconds": round(elapsed, 3),
+        "rate_per_s": round(len(ids) / elapsed, 1) if elapsed else 0.0,
+    }
+
+
+async def queue_depth(amqp_url: str, queue_name: str) -> int:
+    connection = await aio_pika.connect(amqp_url, timeout=15)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def purge_queue(amqp_url: str, queue_name: str) -> None:
+    connection = await aio_pika.connect(amqp_url, timeout=15)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        await queue.purge()
+    finally:
+        await connection.close()
+
+
+__all__ = [
+    "EVENTS_EXCHANGE",
+    "RETRY_EXCHANGE",
+    "event_body",
+    "publish_events",
+    "purge_queue",
+    "queue_depth",
+]
