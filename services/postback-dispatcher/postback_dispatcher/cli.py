@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 import uvicorn
-from postback_core.logs import configure_logging
 from pydantic import ValidationError
 
+from postback_core.logs import configure_logging
+from postback_dispatcher.dlq_cli import dlq
 from postback_dispatcher.settings import DispatcherSettings
 
 cli = typer.Typer(
@@ -49,6 +50,9 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+
+
+cli.add_typer(dlq, name="dlq")
 
 
 def main() -> None:

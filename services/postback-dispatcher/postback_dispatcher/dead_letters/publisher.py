@@ -15,11 +15,13 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from postback_core.contracts import CONVERSION_CREATED
 from postback_core.topology import (
+    EVENTS_EXCHANGE,
     HEADER_ATTEMPT,
     HEADER_SEQUENCE,
     HEADER_TRIGGER,
     declare_topology,
 )
+from postback_dispatcher.broker import ConfirmedPublisher
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,19 @@ def replay_headers(previous_sequence: int) -> dict[str, str | int]:
 
 
 class ReplayPublisher:
-    """A lazily opened, confirmed channel to the events exchange (one per process)."""
+    """Publishes replays with confirms: through the dispatcher's own confirmed publisher
+    when it is connected, else over a lazily opened channel of its own (so operators can
+    replay even while the consumer is (re)connecting, and tests can point it anywhere).
+    """
 
     def __init__(
-        self, amqp_url: str, retry_delays: tuple[float, ...], confirm_timeout: float = 10.0
+        self,
+        amqp_url: str,
+        retry_delays: tuple[float, ...],
+        confirm_timeout: float = 10.0,
+        shared: ConfirmedPublisher | None = None,
     ) -> None:
+        self.shared = shared
         self.amqp_url = amqp_url
         self.retry_delays = retry_delays
         self.confirm_timeout = confirm_timeout
@@ -72,6 +82,18 @@ class ReplayPublisher:
         self, body: bytes, headers: dict[str, str | int], message_id: str | None
     ) -> None:
         """Publish one event persistently and wait for the broker's confirm."""
+        if self.shared is not None and self.shared.connected:
+            try:
+                await asyncio.wait_for(
+                    self.shared.publish(
+                        EVENTS_EXCHANGE, CONVERSION_CREATED, body, headers, message_id=message_id
+                    ),
+                    self.confirm_timeout,
+                )
+            except Exception as exc:
+                log.warning("replay publish failed: %s", type(exc).__name__)
+                raise PublishError(f"broker did not confirm: {type(exc).__name__}") from exc
+            return
         exchange = await self._events_exchange()
         message = aio_pika.Message(
             body,

@@ -20,7 +20,11 @@ router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], depende
 def install(app: FastAPI) -> None:
     """Mount the API and give the app the broker publisher replays go through."""
     runtime = app.state.runtime
-    publisher = ReplayPublisher(runtime.settings.amqp_url, runtime.settings.postback_retry_delays)
+    publisher = ReplayPublisher(
+        runtime.settings.amqp_url,
+        runtime.settings.postback_retry_delays,
+        shared=getattr(runtime, "publisher", None),
+    )
     app.state.replay_publisher = publisher
     on_app_shutdown(app, publisher.close)
     app.include_router(router)
@@ -82,11 +86,13 @@ async def replay_matching(
     return schemas.BulkReplayResult(count=outcome.replayed, failed=outcome.failed)
 
 
-@router.post("/purge", response_model=schemas.PurgeResult)
+@router.post("/purge", response_model=schemas.PurgeResult | schemas.DryRunTotals)
 async def purge_matching(
     body: schemas.PurgeRequest, session: CommittedSession
-) -> schemas.PurgeResult:
+) -> schemas.PurgeResult | schemas.DryRunTotals:
     """Purge every open dead letter matching the filters (needs ``confirm: true``)."""
+    if body.dry_run:
+        return await service.dry_run_totals(session, body.to_filters(), replayable_only=False)
     if not body.confirm:
         raise HTTPException(422, detail='purging can\'t be undone: send "confirm": true')
     return schemas.PurgeResult(count=await service.purge_matching(session, body.to_filters()))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
@@ -24,6 +24,13 @@ class DeadLetterFilterFields(BaseModel):
     last_status: int | None = Field(None, ge=0, le=999)
     since: datetime | None = Field(None, description="dead_at at or after this time")
     until: datetime | None = Field(None, description="dead_at before this time")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
     def to_filters(self) -> DeadLetterFilters:
         return DeadLetterFilters(
@@ -50,6 +57,7 @@ class BulkReplayRequest(DeadLetterFilterFields):
 
 class PurgeRequest(DeadLetterFilterFields):
     confirm: bool = Field(False, description="must be true: purging can't be undone")
+    dry_run: bool = Field(False, description="only count what would be purged")
 
 
 class DeadLetterItem(BaseModel):

@@ -143,8 +143,11 @@ async def replay_one(
     return schemas.ReplayAccepted(id=claimed.id, state="replayed", sequence=claimed.sequence + 1)
 
 
-async def dry_run_totals(session: AsyncSession, filters: DeadLetterFilters) -> schemas.DryRunTotals:
-    totals = await DeadLetterRepository(session).totals(filters, replayable_only=True)
+async def dry_run_totals(
+    session: AsyncSession, filters: DeadLetterFilters, *, replayable_only: bool = True
+) -> schemas.DryRunTotals:
+    """What a bulk action would touch: count and payout (replay skips rows with no event)."""
+    totals = await DeadLetterRepository(session).totals(filters, replayable_only=replayable_only)
     return schemas.DryRunTotals(count=totals.count, payout_total=totals.payout_total)
 
 
