@@ -1,0 +1,284 @@
+"""All SQL of the delivery path (raw asyncpg: this is the hot path).
+
+The claim is the heart of "never lost, never looping": one atomic
+``INSERT … ON CONFLICT DO UPDATE … RETURNING`` counts the attempt *before* the
+request is made, so the attempt limit holds across crashes and redeliveries,
+and a conversion already delivered in the same replay generation is not sent
+again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import asyncpg
+
+ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
+
+_CLAIM = """
+INSERT INTO deliveries AS d (
+    conversion_id, event_id, publisher_id, status, sequence, attempts,
+    first_attempt_at, last_attempt_at, updated_at
+) VALUES ($1, $2, $3, 'pending', $4, 1, now(), now(), now())
+ON CONFLICT (conversion_id) DO UPDATE SET
+    attempts = CASE WHEN EXCLUDED.sequence > d.sequence THEN 1 ELSE d.attempts + 1 END,
+    status = 'pending',
+    first_attempt_at = CASE WHEN EXCLUDED.sequence > d.sequence OR d.first_attempt_at IS NULL
+                            THEN now() ELSE d.first_attempt_at END,
+    sequence = EXCLUDED.sequence,
+    event_id = EXCLUDED.event_id,
+    delivered_at = CASE WHEN EXCLUDED.sequence > d.sequence THEN NULL ELSE d.delivered_at END,
+    last_attempt_at = now(),
+    updated_at = now()
+WHERE EXCLUDED.sequence > d.sequence
+   OR (EXCLUDED.sequence = d.sequence
+       AND d.status NOT IN ('delivered', 'dead')
+       AND d.attempts < $5)
+RETURNING attempts, first_attempt_at
+"""
+
+_CURRENT = (
+    "SELECT sequence, status, attempts, first_attempt_at FROM deliveries WHERE conversion_id = $1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    kind: ClaimKind
+    attempt_no: int
+    first_attempt_at: datetime | None = None
+
+
+async def claim_attempt(
+    conn: asyncpg.Connection,
+    *,
+    conversion_id: int,
+    event_id: uuid.UUID,
+    publisher_id: int,
+    sequence: int,
+    max_attempts: int,
+) -> Claim:
+    """Count one attempt for ``(conversion, sequence)`` or say why none may be made."""
+    row = await conn.fetchrow(_CLAIM, conversion_id, event_id, publisher_id, sequence, max_attempts)
+    if row is not None:
+        return Claim("send", row["attempts"], row["first_attempt_at"])
+    current = await conn.fetchrow(_CURRENT, conversion_id)
+    if current is None:  # pragma: no cover - the upsert always leaves a row
+        return Claim("stale", 0)
+    if sequence < current["sequence"]:
+        return Claim("stale", current["attempts"], current["first_attempt_at"])
+    if current["status"] == "delivered":
+        return Claim("delivered", current["attempts"], current["first_attempt_at"])
+    if current["status"] == "dead":
+        return Claim("dead", current["attempts"], current["first_attempt_at"])
+    return Claim("limit", current["attempts"], current["first_attempt_at"])
+
+
+_MARK_SKIPPED = """
+INSERT INTO deliveries AS d (conversion_id, event_id, publisher_id, status, sequence, attempts,
+                             updated_at)
+VALUES ($1, $2, $3, 'skipped', $4, 0, now())
+ON CONFLICT (conversion_id) DO UPDATE SET status = 'skipped', sequence = EXCLUDED.sequence,
+    updated_at = now()
+WHERE EXCLUDED.sequence > d.sequence
+   OR (EXCLUDED.sequence = d.sequence AND d.status NOT IN ('delivered', 'dead'))
+"""
+
+
+async def mark_skipped(
+    conn: asyncpg.Connection,
+    *,
+    conversion_id: int,
+    event_id: uuid.UUID,
+    publisher_id: int,
+    sequence: int,
+) -> None:
+    await conn.execute(_MARK_SKIPPED, conversion_id, event_id, publisher_id, sequence)
+
+
+@dataclass(frozen=True, slots=True)
+class PostbackTarget:
+    url_template: str
+    security_token: str | None
+
+
+async def load_postback_settings(
+    conn: asyncpg.Connection, publisher_id: int
+) -> PostbackTarget | None:
+    row = await conn.fetchrow(
+        "SELECT url_template, security_token FROM postback_settings WHERE publisher_id = $1",
+        publisher_id,
+    )
+    if row is None or not (row["url_template"] or "").strip():
+        return None
+    return PostbackTarget(row["url_template"], row["security_token"])
+
+
+ATTEMPT_COLUMNS = (
+    "conversion_id",
+    "event_id",
+    "publisher_id",
+    "sequence",
+    "attempt_no",
+    "trigger",
+    "outcome",
+    "url_masked",
+    "http_status",
+    "duration_ms",
+    "error_class",
+    "error_message",
+    "response_excerpt",
+    "created_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    conversion_id: int | None
+    event_id: uuid.UUID | None
+    publisher_id: int
+    sequence: int
+    attempt_no: int
+    trigger: str
+    outcome: str
+    url_masked: str | None
+    http_status: int | None
+    duration_ms: float | None
+    error_class: str | None
+    error_message: str | None
+    response_excerpt: str | None
+    created_at: datetime
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        duration = None if self.duration_ms is None else Decimal(str(round(self.duration_ms, 2)))
+        return (
+            self.conversion_id,
+            self.event_id,
+            self.publisher_id,
+            self.sequence,
+            self.attempt_no,
+            self.trigger,
+            self.outcome,
+            self.url_masked,
+            self.http_status,
+            duration,
+            self.error_class,
+            self.error_message,
+            self.response_excerpt,
+            self.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """The state a finished attempt leaves on the conversion's delivery row."""
+
+    conversion_id: int
+    sequence: int
+    status: str  # pending (will retry) | delivered | dead
+    last_status: int | None
+    last_error: str | None
+
+
+async def insert_attempts(conn: asyncpg.Connection, records: Sequence[AttemptRecord]) -> None:
+    await conn.copy_records_to_table(
+        "delivery_attempts", records=[r.as_tuple() for r in records], columns=ATTEMPT_COLUMNS
+    )
+
+
+_APPLY_OUTCOMES = """
+UPDATE deliveries AS d SET
+    status = CASE WHEN d.status = 'delivered' THEN d.status ELSE u.status END,
+    last_status = u.last_status,
+    last_error = u.last_error,
+    delivered_at = CASE WHEN u.status = 'delivered' AND d.delivered_at IS NULL THEN now()
+                        ELSE d.delivered_at END,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[])
+     AS u(conversion_id, sequence, status, last_status, last_error)
+WHERE d.conversion_id = u.conversion_id AND d.sequence = u.sequence
+"""
+
+
+async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[DeliveryOutcome]) -> None:
+    # One row per conversion: the latest outcome in the batch wins.
+    latest = {(o.conversion_id, o.sequence): o for o in outcomes}
+    rows = list(latest.values())
+    await conn.execute(
+        _APPLY_OUTCOMES,
+        [o.conversion_id for o in rows],
+        [o.sequence for o in rows],
+        [o.status for o in rows],
+        [o.last_status for o in rows],
+        [o.last_error for o in rows],
+    )
+
+
+_UPSERT_DEAD_LETTER = """
+INSERT INTO dead_letters AS x (
+    event_key, event_id, sequence, conversion_id, click_id, publisher_id, offer_id, payout,
+    url_masked, attempts, last_status, last_error, reason, first_attempt_at, last_attempt_at,
+    dead_at, state, payload, history
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), 'dead',
+          $16, $17::jsonb)
+ON CONFLICT (event_key) DO UPDATE SET
+    event_id = EXCLUDED.event_id, sequence = EXCLUDED.sequence,
+    conversion_id = EXCLUDED.conversion_id, click_id = EXCLUDED.click_id,
+    publisher_id = EXCLUDED.publisher_id, offer_id = EXCLUDED.offer_id, payout = EXCLUDED.payout,
+    url_masked = EXCLUDED.url_masked, attempts = EXCLUDED.attempts,
+    last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error,
+    reason = EXCLUDED.reason, first_attempt_at = EXCLUDED.first_attempt_at,
+    last_attempt_at = EXCLUDED.last_attempt_at, dead_at = now(), state = 'dead',
+    replayed_at = NULL, payload = EXCLUDED.payload, history = EXCLUDED.history
+WHERE EXCLUDED.sequence > x.sequence
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    event_key: str
+    event_id: uuid.UUID | None
+    sequence: int
+    conversion_id: int | None
+    click_id: int | None
+    publisher_id: int | None
+    offer_id: int | None
+    payout: Decimal | None
+    url_masked: str | None
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    reason: str
+    first_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    payload: bytes
+    history_json: str
+
+
+async def upsert_dead_letter(conn: asyncpg.Connection, record: DeadLetterRecord) -> None:
+    """Store a dead letter; a redelivered copy is a no-op, a later generation revives the row."""
+    await conn.execute(
+        _UPSERT_DEAD_LETTER,
+        record.event_key,
+        record.event_id,
+        record.sequence,
+        record.conversion_id,
+        record.click_id,
+        record.publisher_id,
+        record.offer_id,
+        record.payout,
+        record.url_masked,
+        record.attempts,
+        record.last_status,
+        record.last_error,
+        record.reason,
+        record.first_attempt_at,
+        record.last_attempt_at,
+        record.payload,
+        record.history_json,
+    )
