@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from postback_core.web import check_admin_bearer, unit_of_work_session
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from click_gateway.runtime import GatewayRuntime
+from postback_core.web import check_admin_bearer, unit_of_work_session
 
 
 def get_runtime(request: Request) -> GatewayRuntime:
@@ -30,6 +30,8 @@ def require_admin(
     check_admin_bearer(request, runtime.settings.admin_token)
 
 
-Session = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a 201 means "stored"
+# and a failed commit is an error response, not a silent loss.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 Runtime = Annotated[GatewayRuntime, Depends(get_runtime)]
 AdminOnly = Depends(require_admin)

@@ -1,10 +1,58 @@
-"""Placeholder: the transactional-outbox relay (implemented in the outbox feature work)."""
+"""The transactional-outbox relay: moves committed events from PostgreSQL to RabbitMQ.
+
+Latency path: the outbox INSERT trigger NOTIFYs channel ``outbox`` on commit;
+this relay LISTENs on a raw asyncpg connection and drains immediately, so a
+conversion's event is on the broker a few milliseconds after its commit. A
+poll every ``OUTBOX_POLL_SECONDS`` is the safety net for lost notifications
+(reconnects, a relay that was busy).
+
+Each batch is claimed with ``FOR UPDATE SKIP LOCKED`` (so any number of gateway
+processes can relay at once without publishing a row twice), published
+concurrently with publisher confirms, and marked published in the same
+transaction. A failed publish leaves the row for later and records
+``publish_attempts``/``last_error``; the relay then backs off and reconnects,
+forever. Delivery is at-least-once (a crash between the broker's ack and our
+commit republishes): consumers dedupe by ``message_id`` = event id.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from click_gateway.outbox import repository
 from click_gateway.settings import GatewaySettings
+from postback_core.db.base import asyncpg_dsn
+from postback_core.topology import declare_topology
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "outbox"
+SCHEMA_VERSION_HEADER = "x-schema-version"
+BROKER_CONNECT_TIMEOUT = 5.0
+PUBLISH_TIMEOUT = 10.0
+BACKOFF_INITIAL = 0.05
+BACKOFF_MAX = 2.0
+# A row the broker itself refuses (nack, unroutable) is retried on its own
+# schedule, so one bad row never holds up the rest of the outbox.
+REFUSED_RETRY_INITIAL = 1.0
+REFUSED_RETRY_MAX = 60.0
+# Published rows are kept a day for operators, then pruned now and then.
+PRUNE_EVERY_SECONDS = 600.0
+KEEP_PUBLISHED_SECONDS = 86_400.0
+
+
+class PublishFailed(RuntimeError):
+    pass
 
 
 class OutboxRelay:
@@ -13,13 +61,223 @@ class OutboxRelay:
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._db: asyncpg.Connection | None = None
+        self._broker: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._broker_ready = False
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        # id -> (monotonic time of next try, current delay) for broker-refused rows.
+        self._refused: dict[int, tuple[float, float]] = {}
+        self.published_count = 0
 
     @property
     def broker_connected(self) -> bool:
-        return False
+        return self._broker_ready
 
     async def start(self) -> None:
-        return None
+        """Returns at once: the relay connects (and keeps reconnecting) in the background."""
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        return None
+        """Let the batch in flight finish (bounded), then close both connections."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), PUBLISH_TIMEOUT + 5)
+            except (TimeoutError, Exception):  # pragma: no cover - last resort
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+            self._task = None
+        await self._close_broker()
+        await self._close_db()
+
+    # -- main loop -------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_INITIAL
+        while not self._stopping.is_set():
+            try:
+                await self._ensure_db()
+                await self._ensure_broker()
+                # Clear before draining: a NOTIFY that lands mid-drain re-wakes us.
+                self._wake.clear()
+                await self._drain()
+                backoff = BACKOFF_INITIAL
+                await self._maybe_prune()
+                await self._wait_for_wake(self.settings.outbox_poll_seconds)
+            except Exception as exc:
+                log.warning("outbox relay: %s; retrying in %.2fs", _describe(exc), backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _drain(self) -> None:
+        """Publish batches until the outbox has nothing unpublished left for us."""
+        assert self._db is not None
+        batch_size = self.settings.outbox_batch_size
+        while not self._stopping.is_set():
+            failed: list[tuple[int, BaseException]] = []
+            async with self._db.transaction():
+                rows = await repository.claim_batch(self._db, batch_size, self._refused_now())
+                if not rows:
+                    return
+                results = await asyncio.gather(
+                    *(self._publish(row) for row in rows), return_exceptions=True
+                )
+                published = []
+                for row, result in zip(rows, results, strict=True):
+                    if isinstance(result, BaseException):
+                        failed.append((row["id"], result))
+                    else:
+                        published.append(row["id"])
+                        self._refused.pop(row["id"], None)
+                if published:
+                    await repository.mark_published(self._db, published)
+            self.published_count += len(rows) - len(failed)
+            if failed:
+                error = _describe(failed[0][1])
+                async with self._db.transaction():
+                    await repository.record_failure(self._db, [i for i, _ in failed], error)
+                if any(_is_connection_error(exc) for _, exc in failed):
+                    await self._close_broker()
+                    raise PublishFailed(
+                        f"{len(failed)} of {len(rows)} events not published: {error}"
+                    )
+                # The broker is fine but refused these messages: park them, go on.
+                log.error("outbox relay: broker refused %d event(s): %s", len(failed), error)
+                for row_id, _ in failed:
+                    self._park(row_id)
+            if len(rows) < batch_size:
+                return
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        payload: bytes = row["payload"]
+        headers: dict[str, Any] = {}
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            version = orjson.loads(payload).get("schema_version")
+            if isinstance(version, int):
+                headers[SCHEMA_VERSION_HEADER] = version
+        message = aio_pika.Message(
+            body=payload,
+            message_id=str(row["event_id"]),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
+        )
+        exchange = await self._exchange(row["exchange"])
+        await exchange.publish(
+            message, routing_key=row["routing_key"], mandatory=True, timeout=PUBLISH_TIMEOUT
+        )
+
+    def _refused_now(self) -> list[int]:
+        now = time.monotonic()
+        return [i for i, (retry_at, _) in self._refused.items() if retry_at > now]
+
+    def _park(self, row_id: int) -> None:
+        _, delay = self._refused.get(row_id, (0.0, REFUSED_RETRY_INITIAL / 2))
+        delay = min(delay * 2, REFUSED_RETRY_MAX)
+        self._refused[row_id] = (time.monotonic() + delay, delay)
+
+    # -- connections -----------------------------------------------------
+
+    async def _ensure_db(self) -> None:
+        if self._db is not None and not self._db.is_closed():
+            return
+        await self._close_db()
+        conn = await asyncpg.connect(
+            asyncpg_dsn(self.settings.database_url),
+            server_settings={"application_name": "click-gateway-outbox-relay"},
+        )
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        conn.add_termination_listener(lambda _conn: self._wake.set())
+        self._db = conn
+
+    async def _ensure_broker(self) -> None:
+        if self._broker_ready and self._broker is not None and not self._broker.is_closed:
+            return
+        await self._close_broker()
+        connection = await aio_pika.connect(
+            self.settings.amqp_url,
+            timeout=BROKER_CONNECT_TIMEOUT,
+            client_properties={"connection_name": "click-gateway-outbox-relay"},
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            topology = await declare_topology(channel, self.settings.postback_retry_delays)
+        except BaseException:
+            await connection.close()
+            raise
+        connection.close_callbacks.add(self._on_broker_closed)
+        self._broker, self._channel = connection, channel
+        self._exchanges = {topology.events.name: topology.events}
+        self._broker_ready = True
+        log.info("outbox relay connected to the broker")
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            assert self._channel is not None
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    def _on_broker_closed(self, *_: object) -> None:
+        if self._broker_ready:
+            log.warning("outbox relay lost the broker connection")
+        self._broker_ready = False
+        self._wake.set()  # reconnect now rather than at the next poll
+
+    async def _close_broker(self) -> None:
+        self._broker_ready = False
+        connection, self._broker, self._channel = self._broker, None, None
+        self._exchanges = {}
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)
+
+    async def _close_db(self) -> None:
+        conn, self._db = self._db, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+
+    # -- waiting ---------------------------------------------------------
+
+    async def _wait_for_wake(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _pause(self, delay: float) -> None:
+        """Back off; only stopping cuts it short (a NOTIFY storm must not)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _maybe_prune(self) -> None:
+        if time.monotonic() < self._next_prune or self._db is None:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        # id -> (monotonic time of next try, current delay) for broker-refused rows.
+        self._refused: dict[int, tuple[float, float]] = {}
+        await repository.delete_published_before(self._db, KEEP_PUBLISHED_SECONDS)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """A broker nack/return is about the message; anything else means the link is bad."""
+    import aiormq.exceptions
+
+    return not isinstance(exc, aiormq.exceptions.DeliveryError | aiormq.exceptions.PublishError)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -1,0 +1,60 @@
+"""Admin endpoints for offers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from click_gateway.deps import AdminOnly, Runtime, Session
+from click_gateway.offers import service
+from click_gateway.offers.macros import OfferTemplateError
+from click_gateway.offers.schemas import OfferCreate, OfferRead, OfferUpdate
+from click_gateway.pagination import MAX_BIGINT, Page, Pagination
+
+router = APIRouter(prefix="/api/v1/offers", tags=["offers"], dependencies=[AdminOnly])
+
+
+def _unprocessable(exc: Exception) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_offer(data: OfferCreate, session: Session, runtime: Runtime) -> OfferRead:
+    try:
+        return await service.create_offer(session, data, Decimal(runtime.settings.max_payout))
+    except (service.InvalidOffer, OfferTemplateError) as exc:
+        raise _unprocessable(exc) from None
+
+
+@router.get("")
+async def list_offers(
+    session: Session,
+    page: Pagination,
+    advertiser_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
+) -> Page[OfferRead]:
+    return await service.list_offers(session, page, advertiser_id)
+
+
+@router.get("/{offer_id}")
+async def get_offer(offer_id: int, session: Session) -> OfferRead:
+    try:
+        return await service.get_offer(session, offer_id)
+    except service.OfferNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"offer {offer_id} not found") from None
+
+
+@router.patch("/{offer_id}")
+async def update_offer(
+    offer_id: int, data: OfferUpdate, session: Session, runtime: Runtime
+) -> OfferRead:
+    """Change targeting, weight, payout or is_active; the click cache picks it up."""
+    try:
+        return await service.update_offer(
+            session, offer_id, data, Decimal(runtime.settings.max_payout)
+        )
+    except service.OfferNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"offer {offer_id} not found") from None
+    except (service.InvalidOffer, OfferTemplateError) as exc:
+        raise _unprocessable(exc) from None

@@ -1,0 +1,62 @@
+"""Admin endpoints for publishers and their postback settings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from click_gateway.deps import AdminOnly, Session
+from click_gateway.pagination import Page, Pagination
+from click_gateway.publishers import service
+from click_gateway.publishers.schemas import PublisherCreate, PublisherCreated, PublisherRead
+from postback_core.macros import TemplateError
+from postback_core.postback_settings import PostbackSettingsRead, PostbackSettingsUpdate
+
+router = APIRouter(prefix="/api/v1/publishers", tags=["publishers"], dependencies=[AdminOnly])
+
+
+def _not_found(publisher_id: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"publisher {publisher_id} not found")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_publisher(data: PublisherCreate, session: Session) -> PublisherCreated:
+    return await service.create_publisher(session, data)
+
+
+@router.get("")
+async def list_publishers(session: Session, page: Pagination) -> Page[PublisherRead]:
+    return await service.list_publishers(session, page)
+
+
+@router.get("/{publisher_id}")
+async def get_publisher(publisher_id: int, session: Session) -> PublisherRead:
+    try:
+        return await service.get_publisher(session, publisher_id)
+    except service.PublisherNotFound:
+        raise _not_found(publisher_id) from None
+
+
+@router.put("/{publisher_id}/postback")
+async def put_postback_settings(
+    publisher_id: int, data: PostbackSettingsUpdate, session: Session
+) -> PostbackSettingsRead:
+    """Save the postback URL template; unknown macros are refused, weak templates warned."""
+    try:
+        return await service.update_postback_settings(session, publisher_id, data)
+    except service.PublisherNotFound:
+        raise _not_found(publisher_id) from None
+    except TemplateError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+
+@router.get("/{publisher_id}/postback")
+async def get_postback_settings(publisher_id: int, session: Session) -> PostbackSettingsRead:
+    try:
+        settings = await service.read_postback_settings(session, publisher_id)
+    except service.PublisherNotFound:
+        raise _not_found(publisher_id) from None
+    if settings is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"publisher {publisher_id} has no postback settings"
+        )
+    return settings

@@ -1,0 +1,459 @@
+"""Conversions reported by advertisers: auth, ownership, money, idempotency, the event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import asyncpg
+import httpx
+import pytest
+
+from postback_core.contracts import decode_conversion_event
+from postback_core.db.base import asyncpg_dsn
+from tests.factories import (
+    create_advertiser,
+    create_click,
+    create_offer,
+    create_publisher,
+    create_smartlink,
+    new_click_id,
+)
+from tests.support.amqp_observer import EventObserver, observe_events
+from tests.support.polling import wait_for
+
+SUB_IDS = {"sub1": "campaign-7", "sub2": "blue", "sub5": "z"}
+
+
+@dataclass
+class Setup:
+    advertiser_key: str
+    advertiser_id: int
+    offer_id: int
+    publisher_id: int
+    smartlink_id: int
+
+
+@pytest.fixture
+async def setup(gateway: httpx.AsyncClient) -> Setup:
+    advertiser = await create_advertiser(gateway)
+    offer = await create_offer(gateway, advertiser_id=advertiser["id"], payout="0.75")
+    publisher = await create_publisher(gateway)
+    link = await create_smartlink(gateway, publisher_id=publisher["id"], offer_ids=[offer["id"]])
+    return Setup(advertiser["api_key"], advertiser["id"], offer["id"], publisher["id"], link["id"])
+
+
+@pytest.fixture(scope="module")
+async def observer(amqp_url: str, gateway_url: str) -> AsyncIterator[EventObserver]:
+    async with observe_events(amqp_url) as events:
+        yield events
+
+
+@pytest.fixture(scope="module")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    yield conn
+    await conn.close()
+
+
+async def _click(database_url: str, s: Setup, **fields: object) -> int:
+    return await create_click(
+        database_url,
+        publisher_id=s.publisher_id,
+        smartlink_id=s.smartlink_id,
+        offer_id=s.offer_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _post(gateway: httpx.AsyncClient, key: str | None, body: object) -> object:
+    headers = {"X-Api-Key": key} if key is not None else {}
+    return gateway.post("/api/v1/conversions", json=body, headers=headers)
+
+
+async def test_new_conversion_is_201_with_offer_payout(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["click_id"] == click_id
+    assert body["payout"] == "0.7500"
+    assert body["status"] == "approved"
+    assert isinstance(body["conversion_id"], int)
+    assert body["created_at"]
+
+
+async def test_repeat_is_200_with_the_same_body_and_no_second_event(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str, db: asyncpg.Connection
+) -> None:
+    click_id = await _click(database_url, setup)
+    headers = {"X-Api-Key": setup.advertiser_key}
+    first = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id, "payout": "1.25"}, headers=headers
+    )
+    again = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id, "payout": "9.99"}, headers=headers
+    )
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert first.json()["payout"] == "1.2500"
+    count = await db.fetchval("SELECT count(*) FROM conversions WHERE click_id = $1", click_id)
+    assert count == 1
+    events = await db.fetchval(
+        "SELECT count(*) FROM outbox o JOIN conversions c ON c.event_id = o.event_id "
+        "WHERE c.click_id = $1",
+        click_id,
+    )
+    assert events == 1
+
+
+async def test_txid_distinguishes_conversions_of_one_click(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    headers = {"X-Api-Key": setup.advertiser_key}
+    a = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id, "txid": "T-1"}, headers=headers
+    )
+    b = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id, "txid": "T-2"}, headers=headers
+    )
+    a2 = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id, "txid": "T-1"}, headers=headers
+    )
+    assert (a.status_code, b.status_code, a2.status_code) == (201, 201, 200)
+    assert a.json()["conversion_id"] != b.json()["conversion_id"]
+    assert a2.json()["conversion_id"] == a.json()["conversion_id"]
+    assert a.json()["txid"] == "T-1"
+
+
+async def test_click_id_as_string_is_accepted(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": str(click_id), "payout": 2},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    assert response.status_code == 201
+    assert response.json()["payout"] == "2.0000"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"X-Api-Key": ""}, id="empty"),
+        pytest.param({"X-Api-Key": "adv_not-a-real-key"}, id="unknown"),
+        pytest.param({"X-Api-Key": "x" * 5000}, id="huge"),
+    ],
+)
+async def test_missing_or_bad_key_is_401(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    database_url: str,
+    headers: dict[str, str],
+    db: asyncpg.Connection,
+) -> None:
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id}, headers=headers
+    )
+    assert response.status_code == 401
+    assert "API key" in response.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM conversions WHERE click_id=$1", click_id) == 0
+
+
+async def test_publisher_key_is_not_an_advertiser_key(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    publisher = await create_publisher(gateway)
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id},
+        headers={"X-Api-Key": publisher["api_key"]},
+    )
+    assert response.status_code == 401
+
+
+async def test_another_advertisers_click_is_403(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str, db: asyncpg.Connection
+) -> None:
+    other = await create_advertiser(gateway)
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions", json={"click_id": click_id}, headers={"X-Api-Key": other["api_key"]}
+    )
+    assert response.status_code == 403
+    assert str(click_id) in response.json()["detail"]
+    assert await db.fetchval("SELECT count(*) FROM conversions WHERE click_id=$1", click_id) == 0
+
+
+async def test_fallback_click_without_offer_is_403(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await create_click(
+        database_url,
+        publisher_id=setup.publisher_id,
+        smartlink_id=setup.smartlink_id,
+        offer_id=None,
+    )
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    assert response.status_code == 403
+
+
+async def test_unknown_click_is_404(gateway: httpx.AsyncClient, setup: Setup) -> None:
+    hour_ago = time.time_ns() // 1_000_000 - 3_600_000
+    for click_id in (new_click_id(hour_ago), 12345):
+        response = await gateway.post(
+            "/api/v1/conversions",
+            json={"click_id": click_id},
+            headers={"X-Api-Key": setup.advertiser_key},
+        )
+        assert response.status_code == 404, click_id
+        assert "not found" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"click_id": "CLICK", "payout": "1"},
+        {"click_id": 0},
+        {"click_id": -4},
+        {"click_id": 2**64},
+        {"click_id": 1.5},
+        {"click_id": None},
+        {"payout": "abc"},
+        {"payout": "-0.01"},
+        {"payout": "NaN"},
+        {"payout": "-Infinity"},
+        {"payout": "Infinity"},
+        {"payout": "1e400"},
+        {"payout": "10000.01"},
+        {"payout": "0.00001"},
+        {"payout": [1]},
+        {"payout": True},
+        {"txid": "t" * 129},
+    ],
+)
+async def test_bad_body_is_422(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str, body: dict[str, object]
+) -> None:
+    click_id = await _click(database_url, setup)
+    full = {"click_id": click_id, **body}
+    response = await gateway.post(
+        "/api/v1/conversions", json=full, headers={"X-Api-Key": setup.advertiser_key}
+    )
+    assert response.status_code == 422, (body, response.text)
+    assert response.json()["detail"]
+
+
+async def test_max_payout_is_accepted(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id, "payout": "10000"},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    assert response.status_code == 201
+    assert Decimal(response.json()["payout"]) == Decimal("10000")
+
+
+async def test_s2s_get_has_the_same_semantics(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    params = {
+        "click_id": str(click_id),
+        "payout": "0.3",
+        "txid": "abc",
+        "key": setup.advertiser_key,
+    }
+    first = await gateway.get("/api/v1/conversions/s2s", params=params)
+    assert first.status_code == 201, first.text
+    assert first.json()["payout"] == "0.3000"
+    again = await gateway.get("/api/v1/conversions/s2s", params=params)
+    assert again.status_code == 200
+    assert again.json() == first.json()
+
+    default = await gateway.get(
+        "/api/v1/conversions/s2s",
+        params={"click_id": str(click_id), "payout": "", "key": setup.advertiser_key},
+    )
+    assert default.status_code == 201
+    assert default.json()["payout"] == "0.7500"
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"key": None}, 401),
+        ({"key": "adv_wrong"}, 401),
+        ({"payout": "abc"}, 422),
+        ({"payout": "-1"}, 422),
+        ({"payout": "nan"}, 422),
+        ({"payout": "1e9"}, 422),
+        ({"click_id": "nope"}, 422),
+        ({"click_id": None}, 422),
+        ({"click_id": str(new_click_id(time.time_ns() // 1_000_000 - 3_600_000))}, 404),
+    ],
+)
+async def test_s2s_errors(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    database_url: str,
+    params: dict[str, str | None],
+    status: int,
+) -> None:
+    click_id = await _click(database_url, setup)
+    query = {"click_id": str(click_id), "key": setup.advertiser_key, **params}
+    response = await gateway.get(
+        "/api/v1/conversions/s2s", params={k: v for k, v in query.items() if v is not None}
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+async def test_s2s_for_another_advertiser_is_403(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    other = await create_advertiser(gateway)
+    click_id = await _click(database_url, setup)
+    response = await gateway.get(
+        "/api/v1/conversions/s2s", params={"click_id": click_id, "key": other["api_key"]}
+    )
+    assert response.status_code == 403
+
+
+async def test_event_carries_every_macro_value(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    database_url: str,
+    db: asyncpg.Connection,
+    observer: EventObserver,
+) -> None:
+    click_id = await _click(
+        database_url,
+        setup,
+        external_id="ext-42",
+        ip="198.51.100.23",
+        country="DE",
+        os="iOS",
+        device="tablet",
+        sub_ids=SUB_IDS,
+    )
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id, "payout": "0.42", "txid": "order-1"},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    assert response.status_code == 201
+    conversion = response.json()
+
+    row = await db.fetchrow(
+        "SELECT o.payload, o.exchange, o.routing_key, c.event_id FROM outbox o "
+        "JOIN conversions c ON c.event_id = o.event_id WHERE c.id = $1",
+        conversion["conversion_id"],
+    )
+    assert row["exchange"] == "postback.events"
+    assert row["routing_key"] == "conversion.created"
+    event = decode_conversion_event(row["payload"])
+    assert event.event_id == row["event_id"]
+    assert event.conversion_id == conversion["conversion_id"]
+    assert event.click_id == click_id
+    assert event.external_id == "ext-42"
+    assert event.publisher_id == setup.publisher_id
+    assert event.smartlink_id == setup.smartlink_id
+    assert event.offer_id == setup.offer_id
+    assert event.advertiser_id == setup.advertiser_id
+    assert event.payout == Decimal("0.42")
+    assert event.txid == "order-1"
+    assert (event.country, event.ip, event.os, event.device) == (
+        "DE",
+        "198.51.100.23",
+        "iOS",
+        "tablet",
+    )
+    assert event.sub_ids.sub1 == "campaign-7"
+    assert event.sub_ids.sub2 == "blue"
+    assert event.sub_ids.sub3 is None
+    assert event.sub_ids.sub5 == "z"
+    assert (
+        event.occurred_at.isoformat().replace("+00:00", "Z")[:19]
+        == conversion["created_at"].replace("+00:00", "Z")[:19]
+    )
+
+    # ... and the same event reaches RabbitMQ.
+    published = await wait_for(
+        lambda: _async(observer.for_conversion(conversion["conversion_id"])),
+        message="the conversion event on the broker",
+    )
+    assert published[0].event() == event
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+async def test_twenty_concurrent_duplicates_make_one_conversion_and_one_event(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    database_url: str,
+    db: asyncpg.Connection,
+    observer: EventObserver,
+) -> None:
+    click_id = await _click(database_url, setup)
+    headers = {"X-Api-Key": setup.advertiser_key}
+    responses = await asyncio.gather(
+        *(
+            gateway.post(
+                "/api/v1/conversions", json={"click_id": click_id, "txid": "dup"}, headers=headers
+            )
+            for _ in range(20)
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 19 + [201]
+    bodies = {r.text for r in responses}
+    assert len({r.json()["conversion_id"] for r in responses}) == 1
+    assert len(bodies) == 1
+    conversion_id = responses[0].json()["conversion_id"]
+    assert await db.fetchval("SELECT count(*) FROM conversions WHERE click_id=$1", click_id) == 1
+    outbox_rows = await db.fetchval(
+        "SELECT count(*) FROM outbox o JOIN conversions c ON c.event_id = o.event_id "
+        "WHERE c.click_id = $1",
+        click_id,
+    )
+    assert outbox_rows == 1
+    await wait_for(
+        lambda: _async(observer.for_conversion(conversion_id)),
+        message="the conversion event on the broker",
+    )
+    # Give any (wrong) second event the same chance to arrive as the first had.
+    await wait_for(
+        lambda: db.fetchval(
+            "SELECT published_at IS NOT NULL FROM outbox o JOIN conversions c "
+            "ON c.event_id = o.event_id WHERE c.id = $1",
+            conversion_id,
+        ),
+        message="outbox row marked published",
+    )
+    assert len(observer.for_conversion(conversion_id)) == 1
