@@ -1,0 +1,125 @@
+"""P2 - the dispatcher beside a raw aiohttp GET loop to the same receiver.
+
+The work queue is pre-filled (events published with confirms) for publishers
+whose postback settings point at the loopback receiver; then the dispatcher is
+started and we time the receiver's first to last arrival. The ceiling is a bare
+aiohttp GET loop (own process, uvloop) with the same number of requests in
+flight against the same receiver.
+
+Concurrency: the dispatcher's prefetch stays at its default (256); its per-host
+cap is set to CONCURRENCY so that, against one receiver host, it may have as many
+requests in flight as the raw loop has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.common import Result, Skipped, infrastructure
+from bench.events import publish_events
+from bench.http_clients import run_get_loop_process
+from bench.seed import seed_postback_publishers
+from bench.services import ReceiverClient, dispatcher, receiver
+
+SIZES = {"quick": 2_000, "full": 20_000}
+CONCURRENCY = 64
+PUBLISHERS = 10
+FIRST_ARRIVAL_TIMEOUT = {"quick": 8.0, "full": 30.0}
+
+
+def dispatcher_env(concurrency: int = CONCURRENCY) -> dict[str, Any]:
+    return {
+        "DISPATCHER_CONCURRENCY": 256,
+        "POSTBACK_PER_HOST_CONCURRENCY": concurrency,
+    }
+
+
+async def wait_for_deliveries(
+    rcv: ReceiverClient,
+    expected: int,
+    proc_alive: Any,
+    first_arrival_timeout: float = 30.0,
+    stall_timeout: float = 15.0,
+) -> dict[str, Any]:
+    """Poll the receiver until ``expected`` requests arrived; fail on no progress."""
+    started = time.monotonic()
+    last_count, last_progress = 0, time.monotonic()
+    while True:
+        stats = await rcv.stats()
+        count = stats["count"]
+        now = time.monotonic()
+        if count >= expected:
+            break
+        if count != last_count:
+            last_count, last_progress = count, now
+        if not proc_alive():
+            raise RuntimeError(f"dispatcher exited after {count}/{expected} deliveries")
+        if count == 0 and now - started > first_arrival_timeout:
+            raise Skipped(
+                f"dispatcher delivered nothing in {first_arrival_timeout:.0f}s "
+                "(consumer not implemented yet?)"
+            )
+        if count and now - last_progress > stall_timeout:
+            raise RuntimeError(f"dispatcher stalled at {count}/{expected} deliveries")
+        await asyncio.sleep(0.1)
+    span = (stats["last"] - stats["first"]) or 1e-9
+    return {
+        "delivered": count,
+        "first_to_last_s": round(span, 3),
+        "rate_per_s": round((count - 1) / span, 1),
+        "wall_s": round(time.monotonic() - started, 3),
+    }
+
+
+async def dispatcher_throughput(
+    infra: Any,
+    rcv: ReceiverClient,
+    publisher_ids: list[int],
+    conversion_ids: range,
+    name: str,
+    concurrency: int = CONCURRENCY,
+    first_arrival_timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Pre-fill, then start the dispatcher and time the deliveries."""
+    published = await publish_events(infra.amqp_url, conversion_ids, publisher_ids)
+    await rcv.reset()
+    async with dispatcher(infra, name, **dispatcher_env(concurrency)) as (proc, _base):
+        figures = await wait_for_deliveries(
+            rcv, len(conversion_ids), proc.alive, first_arrival_timeout
+        )
+    figures["prefill"] = published
+    return figures
+
+
+async def run(mode: str, result: Result) -> None:
+    total = SIZES[mode]
+    result.notes.append(
+        f"{total} events pre-filled for {PUBLISHERS} publishers (token-signed GET template with "
+        f"6 macros); dispatcher prefetch 256, per-host cap {CONCURRENCY}; raw loop "
+        f"{CONCURRENCY} in flight; rate = (n-1) / (last arrival - first arrival)"
+    )
+    async with infrastructure("p2") as infra, receiver("p2-receiver") as rcv:
+        publisher_ids = await seed_postback_publishers(infra.dsn, rcv.base, PUBLISHERS)
+        try:
+            figures = await dispatcher_throughput(
+                infra,
+                rcv,
+                publisher_ids,
+                range(1, total + 1),
+                "p2-dispatcher",
+                first_arrival_timeout=FIRST_ARRIVAL_TIMEOUT[mode],
+            )
+            result.figures["dispatcher"] = figures
+        except Skipped as exc:
+            result.skip_part("dispatcher", exc.reason)
+            figures = None
+        await rcv.reset()
+        raw = await run_get_loop_process("aiohttp", rcv.base + "/postback", CONCURRENCY, total)
+        result.figures["raw_aiohttp_loop"] = raw
+    if figures is None:
+        raise Skipped(result.skipped_parts[-1])
+    ratio = figures["rate_per_s"] / raw["rps"]
+    result.figures["ratio_vs_raw_loop"] = round(ratio, 3)
+    result.target("dispatcher postbacks/s ÷ raw aiohttp loop", round(ratio, 3), ">=", 0.6)

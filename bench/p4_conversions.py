@@ -1,0 +1,82 @@
+"""P4 - the conversion API with the transactional outbox: conversions/s.
+
+CLIENTS closed-loop clients (lean raw-asyncio HTTP, in the bench process) POST
+/api/v1/conversions with an advertiser X-Api-Key, each request a new conversion
+(a pool of real clicks, a unique txid per request), so every answer is a 201 that
+wrote a conversion row and its outbox row in one transaction. The gateway's
+relay publishes the outbox to RabbitMQ meanwhile (no dispatcher runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+from bench.common import Result, infrastructure
+from bench.openloop import closed_loop
+from bench.p3_end_to_end import (
+    SIMPLE_OFFER,
+    conversion_request,
+    prepare_clicks,
+    probe_conversions_api,
+)
+from bench.seed import seed_click_scenario
+from bench.services import gateway
+
+CLIENTS = 64
+SIZES = {
+    "quick": {"clicks": 200, "warmup": 0.5, "duration": 3.0},
+    "full": {"clicks": 2_000, "warmup": 2.0, "duration": 10.0},
+}
+
+
+async def run(mode: str, result: Result) -> None:
+    cfg = SIZES[mode]
+    result.notes.append(
+        f"{CLIENTS} concurrent clients, {cfg['duration']:.0f}s after {cfg['warmup']}s warm-up; "
+        f"{cfg['clicks']} clicks, unique txid per request (every answer a new conversion)"
+    )
+    async with infrastructure("p4") as infra, gateway(infra, "p4-gateway") as (_gw, base):
+        seeded = await seed_click_scenario(base, infra.dsn, offers=SIMPLE_OFFER)
+        result.figures["seeded_via"] = seeded.ways
+        clicks = await prepare_clicks(base, seeded, cfg["clicks"])
+        await probe_conversions_api(base, seeded.advertiser_key, clicks[0])
+        port = int(base.rsplit(":", 1)[1])
+        key = seeded.advertiser_key
+
+        def request_for(prefix: str) -> Any:
+            return lambda i: conversion_request(key, clicks[i % len(clicks)], f"{prefix}{i}")
+
+        await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
+        measured = await closed_loop("127.0.0.1", port, CLIENTS, cfg["duration"], request_for("m"))
+        summary = measured.summary()
+        created = measured.statuses.get(201, 0)
+        summary["created_per_s"] = round(created / measured.elapsed_s, 1)
+        result.figures["conversion_api"] = summary
+
+        # The outbox must keep up too: how long until every row is published?
+        conn = await asyncpg.connect(infra.dsn)
+        try:
+            start = time.monotonic()
+            pending = None
+            while time.monotonic() - start < 10:
+                pending = await conn.fetchval(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                )
+                if pending == 0:
+                    break
+                await asyncio.sleep(0.1)
+            total = await conn.fetchval("SELECT count(*) FROM outbox")
+            result.figures["outbox"] = {
+                "rows": total,
+                "unpublished_after_wait": pending,
+                "drained_after_s": round(time.monotonic() - start, 2) if pending == 0 else None,
+            }
+        finally:
+            await conn.close()
+    result.target(
+        f"conversions/s with {CLIENTS} clients", summary["created_per_s"], ">=", 2000.0, "/s"
+    )

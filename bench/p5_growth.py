@@ -1,0 +1,251 @@
+"""P5 - growth: does anything get slower or bigger as backlogs grow?
+
+a) Dispatcher memory with a small vs a large work-queue backlog. A slow receiver
+   (answers after RECEIVER_DELAY_MS) keeps the backlog in place while we sample
+   VmRSS from /proc every 100 ms; the figure is the peak of the window.
+b) Fresh-postback throughput (as P2) with nothing vs many messages waiting in the
+   longest retry tier (published straight into it; its TTL is hours).
+c) Dead-letter list page (GET /api/v1/dead-letters?limit=50, admin bearer) with
+   few vs many stored dead letters (rows inserted with generate_series).
+
+Each part is independent: one that cannot run yet is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench.common import ADMIN_TOKEN, Infra, Result, Skipped, infrastructure, rss_kib
+from bench.events import publish_events, purge_queue, queue_depth
+from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput
+from bench.seed import seed_postback_publishers
+from bench.services import dispatcher, receiver
+from postback_core.settings import DEFAULT_RETRY_DELAYS
+from postback_core.topology import WORK_QUEUE, retry_queue_name
+
+SIZES = {
+    "quick": {
+        "rss": (1_000, 10_000),
+        "rss_settle_s": 0.5,
+        "rss_window_s": 1.0,
+        "fresh": 2_000,
+        "retry": 10_000,
+        "dead": (1_000, 100_000),
+        "page_requests": 20,
+        "first_arrival_timeout": 8.0,
+    },
+    "full": {
+        "rss": (10_000, 500_000),
+        "rss_settle_s": 3.0,
+        "rss_window_s": 4.0,
+        "fresh": 10_000,
+        "retry": 100_000,
+        "dead": (1_000, 1_000_000),
+        "page_requests": 50,
+        "first_arrival_timeout": 30.0,
+    },
+}
+RECEIVER_DELAY_MS = 250
+PUBLISHERS = 10
+
+
+async def _rss_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
+    small, large = cfg["rss"]
+    figures: dict[str, Any] = {"receiver_delay_ms": RECEIVER_DELAY_MS}
+    async with receiver("p5-slow-receiver", delay_ms=RECEIVER_DELAY_MS) as rcv:
+        publisher_ids = await seed_postback_publishers(infra.dsn, rcv.base, PUBLISHERS)
+        next_id = 1
+        for label, size in (("small", small), ("large", large)):
+            await purge_queue(infra.amqp_url, WORK_QUEUE)
+            published = await publish_events(
+                infra.amqp_url, range(next_id, next_id + size), publisher_ids
+            )
+            next_id += size
+            await rcv.reset()
+            async with dispatcher(infra, f"p5-rss-{label}", **dispatcher_env()) as (proc, _b):
+                deadline = time.monotonic() + cfg["first_arrival_timeout"]
+                while await rcv.count() == 0:
+                    if time.monotonic() > deadline:
+                        raise Skipped("dispatcher delivered nothing (consumer not implemented?)")
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(cfg["rss_settle_s"])
+                samples: list[int] = []
+                end = time.monotonic() + cfg["rss_window_s"]
+                while time.monotonic() < end:
+                    samples.append(rss_kib(proc.pid))
+                    await asyncio.sleep(0.1)
+                depth = await queue_depth(infra.amqp_url, WORK_QUEUE)
+            figures[label] = {
+                "queued_at_start": size,
+                "ready_in_queue_after_window": depth,
+                "delivered_during_window": await rcv.count(),
+                "rss_peak_mib": round(max(samples) / 1024, 1),
+                "rss_mean_mib": round(statistics.fmean(samples) / 1024, 1),
+                "prefill": published,
+            }
+    ratio = figures["large"]["rss_peak_mib"] / figures["small"]["rss_peak_mib"]
+    figures["ratio_large_over_small"] = round(ratio, 3)
+    result.figures["rss"] = figures
+    result.target(
+        f"dispatcher RSS, {large:,} vs {small:,} queued (ratio)", round(ratio, 3), "<=", 1.10
+    )
+
+
+async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
+    fresh, waiting = cfg["fresh"], cfg["retry"]
+    tier = max(DEFAULT_RETRY_DELAYS)
+    async with receiver("p5-fast-receiver") as rcv:
+        publisher_ids = await seed_postback_publishers(infra.dsn, rcv.base, PUBLISHERS)
+        base_id = 10_000_000
+        none = await dispatcher_throughput(
+            infra,
+            rcv,
+            publisher_ids,
+            range(base_id, base_id + fresh),
+            "p5-fresh-none",
+            first_arrival_timeout=cfg["first_arrival_timeout"],
+        )
+        loaded_publish = await publish_events(
+            infra.amqp_url,
+            range(base_id + 1_000_000, base_id + 1_000_000 + waiting),
+            publisher_ids,
+            into_retry_tier=tier,
+        )
+        depth = await queue_depth(infra.amqp_url, retry_queue_name(tier))
+        loaded = await dispatcher_throughput(
+            infra,
+            rcv,
+            publisher_ids,
+            range(base_id + 2_000_000, base_id + 2_000_000 + fresh),
+            "p5-fresh-loaded",
+            first_arrival_timeout=cfg["first_arrival_timeout"],
+        )
+    ratio = loaded["rate_per_s"] / none["rate_per_s"]
+    result.figures["retry_tiers"] = {
+        "fresh_events": fresh,
+        "none_waiting": none,
+        "waiting_in_tier": {"queue": retry_queue_name(tier), "depth": depth, **loaded_publish},
+        "with_waiting": loaded,
+        "ratio_loaded_over_none": round(ratio, 3),
+    }
+    result.target(
+        f"fresh postbacks/s with {waiting:,} in retry tiers ÷ with none",
+        round(ratio, 3),
+        ">=",
+        0.90,
+    )
+
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (
+    event_key, event_id, sequence, conversion_id, click_id, publisher_id, offer_id, payout,
+    url_masked, attempts, last_status, last_error, reason, first_attempt_at, last_attempt_at,
+    dead_at, state, payload, history)
+SELECT
+    'bench:' || g, gen_random_uuid(), 0, g, 7000000000000 + g, 1 + g % 10, 1 + g % 5, 0.5,
+    'http://127.0.0.1:9/postback?click_id=' || (7000000000000 + g) || '&token=***',
+    8, 503, 'HTTPStatusError: 503 Service Unavailable', 'exhausted',
+    now() - interval '3 days' - g * interval '1 second',
+    now() - g * interval '1 second',
+    now() - g * interval '1 second', 'dead',
+    convert_to('{"schema_version":1,"conversion_id":' || g || '}', 'UTF8'),
+    jsonb_build_array(jsonb_build_object('attempt', 1, 'status', 503),
+                      jsonb_build_object('attempt', 8, 'status', 503))
+FROM generate_series($1::bigint, $2::bigint) AS g
+"""
+
+
+async def _page_times(base: str, requests: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    url = base + "/api/v1/dead-letters?limit=50"
+    timings: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        items = 0
+        for n in range(requests + 5):
+            start = time.perf_counter()
+            async with session.get(url, headers=headers) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"dead-letter page -> {resp.status}: {body}")
+            if n >= 5:  # the first few warm the pool and caches
+                timings.append((time.perf_counter() - start) * 1000)
+            items = len(body.get("items", body.get("data", []))) if isinstance(body, dict) else 0
+    timings.sort()
+    return {
+        "requests": len(timings),
+        "items_on_page": items,
+        "median_ms": round(statistics.median(timings), 3),
+        "p95_ms": round(timings[int(len(timings) * 0.95) - 1], 3),
+    }
+
+
+async def _dead_letter_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
+    small, large = cfg["dead"]
+    async with dispatcher(infra, "p5-dead-letters") as (_proc, base):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                base + "/api/v1/dead-letters?limit=50",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as resp,
+        ):
+            if resp.status == 404:
+                raise Skipped("GET /api/v1/dead-letters is not served by the dispatcher yet")
+        conn = await asyncpg.connect(infra.dsn)
+        figures: dict[str, Any] = {}
+        try:
+            inserted = 0
+            for label, size in (("small", small), ("large", large)):
+                start = time.perf_counter()
+                await conn.execute(INSERT_DEAD_LETTERS, inserted + 1, size)
+                await conn.execute("ANALYZE dead_letters")
+                insert_s = time.perf_counter() - start
+                inserted = size
+                figures[label] = {
+                    "stored": size,
+                    "insert_s": round(insert_s, 2),
+                    **await _page_times(base, cfg["page_requests"]),
+                }
+        finally:
+            await conn.close()
+    ratio = figures["large"]["median_ms"] / figures["small"]["median_ms"]
+    figures["ratio_large_over_small"] = round(ratio, 3)
+    result.figures["dead_letter_page"] = figures
+    result.target(
+        f"dead-letter page median, {large:,} vs {small:,} stored (ratio)",
+        round(ratio, 3),
+        "<=",
+        1.25,
+    )
+
+
+async def run(mode: str, result: Result) -> None:
+    cfg = SIZES[mode]
+    parts = (
+        ("rss", _rss_part),
+        ("retry tiers", _retry_tier_part),
+        ("dead-letter page", _dead_letter_part),
+    )
+    async with infrastructure("p5") as infra:
+        for name, part in parts:
+            try:
+                await part(infra, cfg, result)
+            except Skipped as exc:
+                result.skip_part(name, exc.reason)
+            except Exception as exc:
+                result.skip_part(name, f"error: {type(exc).__name__}: {exc}")
+                result.notes.append(f"{name} failed: {exc!r}")
+            finally:
+                # Each part starts from an empty work queue.
+                try:
+                    await purge_queue(infra.amqp_url, WORK_QUEUE)
+                except Exception as exc:  # queue never declared: nothing to purge
+                    result.notes.append(f"purge after {name}: {exc!r}")
+    if len(result.skipped_parts) == len(parts):
+        raise Skipped("; ".join(result.skipped_parts))
