@@ -22,6 +22,7 @@ class TcpProxy:
         self.port = 0
         self.accepting = True
         self.connections_made = 0
+        self.connections_refused = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -63,6 +64,7 @@ class TcpProxy:
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
         if not self.accepting:
+            self.connections_refused += 1
             client.transport.abort()
             return
         try:
