@@ -93,6 +93,14 @@ async def test_bad_offer_is_422(
     assert expected in str(response.json()["detail"])
 
 
+async def test_unknown_offer_macros_are_listed(gateway: httpx.AsyncClient) -> None:
+    response = await _post_offer(
+        gateway, url_template="https://adv.example/i?c={click_id}&a={aff_id}&s={sub6}"
+    )
+    assert response.status_code == 422
+    assert response.json()["unknown_macros"] == ["aff_id", "sub6"]
+
+
 async def test_patch_offer_changes_fields_and_bumps_updated_at(
     gateway: httpx.AsyncClient,
 ) -> None:

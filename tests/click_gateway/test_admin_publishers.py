@@ -150,6 +150,7 @@ async def test_unknown_macro_is_422_naming_it(gateway: httpx.AsyncClient) -> Non
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "{payot}" in detail and "{clickid}" in detail
+    assert response.json()["unknown_macros"] == ["payot", "clickid"]
     # Nothing was saved.
     assert (await gateway.get(path, headers=H)).status_code == 404
 

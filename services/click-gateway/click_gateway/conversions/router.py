@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from pydantic import TypeAdapter, ValidationError
@@ -22,7 +22,7 @@ from click_gateway.offers.schemas import PayoutAmount
 router = APIRouter(prefix="/api/v1/conversions", tags=["conversions"])
 
 _payout_adapter: TypeAdapter[Decimal] = TypeAdapter(PayoutAmount)
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or unknown API key"},
     403: {"description": "The click's offer belongs to another advertiser"},
     404: {"description": "Unknown click"},

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import JSONResponse
 
 from click_gateway.deps import AdminOnly, Runtime, Session
 from click_gateway.offers import service
@@ -20,11 +21,22 @@ def _unprocessable(exc: Exception) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-async def create_offer(data: OfferCreate, session: Session, runtime: Runtime) -> OfferRead:
+def _template_refused(exc: OfferTemplateError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc), "unknown_macros": list(exc.unknown_macros)},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=OfferRead)
+async def create_offer(
+    data: OfferCreate, session: Session, runtime: Runtime
+) -> OfferRead | JSONResponse:
     try:
         return await service.create_offer(session, data, Decimal(runtime.settings.max_payout))
-    except (service.InvalidOffer, OfferTemplateError) as exc:
+    except OfferTemplateError as exc:
+        return _template_refused(exc)
+    except service.InvalidOffer as exc:
         raise _unprocessable(exc) from None
 
 
@@ -45,10 +57,10 @@ async def get_offer(offer_id: int, session: Session) -> OfferRead:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"offer {offer_id} not found") from None
 
 
-@router.patch("/{offer_id}")
+@router.patch("/{offer_id}", response_model=OfferRead)
 async def update_offer(
     offer_id: int, data: OfferUpdate, session: Session, runtime: Runtime
-) -> OfferRead:
+) -> OfferRead | JSONResponse:
     """Change targeting, weight, payout or is_active; the click cache picks it up."""
     try:
         return await service.update_offer(
@@ -56,5 +68,7 @@ async def update_offer(
         )
     except service.OfferNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"offer {offer_id} not found") from None
-    except (service.InvalidOffer, OfferTemplateError) as exc:
+    except OfferTemplateError as exc:
+        return _template_refused(exc)
+    except service.InvalidOffer as exc:
         raise _unprocessable(exc) from None

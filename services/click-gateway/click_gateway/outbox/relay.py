@@ -266,8 +266,9 @@ class OutboxRelay:
         if time.monotonic() < self._next_prune or self._db is None:
             return
         self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-        # id -> (monotonic time of next try, current delay) for broker-refused rows.
-        self._refused: dict[int, tuple[float, float]] = {}
+        # Forget parked rows that nobody retried for a long time (deleted meanwhile).
+        stale = time.monotonic() - 2 * REFUSED_RETRY_MAX
+        self._refused = {i: v for i, v in self._refused.items() if v[0] > stale}
         await repository.delete_published_before(self._db, KEEP_PUBLISHED_SECONDS)
 
 

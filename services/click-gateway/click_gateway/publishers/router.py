@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
 
 from click_gateway.deps import AdminOnly, Session
 from click_gateway.pagination import Page, Pagination
@@ -16,6 +17,14 @@ router = APIRouter(prefix="/api/v1/publishers", tags=["publishers"], dependencie
 
 def _not_found(publisher_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"publisher {publisher_id} not found")
+
+
+def template_refused(exc: TemplateError) -> JSONResponse:
+    """422 naming each unknown macro (same shape as the publisher API's)."""
+    return JSONResponse(
+        {"detail": str(exc), "unknown_macros": list(exc.unknown_macros)},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -36,17 +45,21 @@ async def get_publisher(publisher_id: int, session: Session) -> PublisherRead:
         raise _not_found(publisher_id) from None
 
 
-@router.put("/{publisher_id}/postback")
+@router.put(
+    "/{publisher_id}/postback",
+    response_model=PostbackSettingsRead,
+    responses={422: {"description": "Refused template; unknown_macros names each typo"}},
+)
 async def put_postback_settings(
     publisher_id: int, data: PostbackSettingsUpdate, session: Session
-) -> PostbackSettingsRead:
+) -> PostbackSettingsRead | JSONResponse:
     """Save the postback URL template; unknown macros are refused, weak templates warned."""
     try:
         return await service.update_postback_settings(session, publisher_id, data)
     except service.PublisherNotFound:
         raise _not_found(publisher_id) from None
     except TemplateError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        return template_refused(exc)
 
 
 @router.get("/{publisher_id}/postback")
