@@ -58,6 +58,19 @@ def free_port() -> int:
         return port
 
 
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """A progress line with the time since the current benchmark started."""
+    print(f"    [{time.monotonic() - _T0:6.1f}s] {message}", flush=True)
+
+
+def reset_clock() -> None:
+    global _T0
+    _T0 = time.monotonic()
+
+
 # --- infrastructure -----------------------------------------------------------
 
 
@@ -100,8 +113,10 @@ async def infrastructure(prefix: str) -> AsyncIterator[Infra]:
     amqp_url = f"{AMQP_SERVER}/{quote(vhost, safe='')}"
     try:
         await asyncio.gather(prepare_database(database_url), _create_vhost(vhost))
+        say(f"database {db_name} and vhost {vhost} ready")
         yield Infra(database_url=database_url, amqp_url=amqp_url, vhost=vhost)
     finally:
+        say("dropping database and vhost")
         results = await asyncio.gather(
             _drop_database(database_url),
             asyncio.to_thread(_rabbitmqctl, "delete_vhost", vhost),

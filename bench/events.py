@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import aio_pika
 import orjson
 
+from bench.common import say
 from postback_core.contracts import CONVERSION_CREATED, decode_conversion_event
 from postback_core.settings import DEFAULT_RETRY_DELAYS
 from postback_core.topology import (
@@ -105,6 +106,8 @@ async def publish_events(
 
     await asyncio.gather(*(publish_shard(s) for s in shards if s))
     elapsed = time.perf_counter() - start
+    where = "events exchange" if into_retry_tier is None else f"retry tier {into_retry_tier:g}s"
+    say(f"published {len(ids):,} events to the {where} in {elapsed:.1f}s")
     return {
         "count": len(ids),
         "seconds": round(elapsed, 3),
@@ -123,9 +126,11 @@ async def queue_depth(amqp_url: str, queue_name: str) -> int:
 
 
 async def purge_queue(amqp_url: str, queue_name: str) -> None:
+    """Empty a queue of the topology (declaring the topology first if nobody has yet)."""
     connection = await aio_pika.connect(amqp_url, timeout=15)
     try:
         channel = await connection.channel()
+        await declare_topology(channel, DEFAULT_RETRY_DELAYS)
         queue = await channel.declare_queue(queue_name, passive=True)
         await queue.purge()
     finally:

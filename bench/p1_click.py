@@ -28,6 +28,7 @@ from bench.common import (
     free_port,
     http_status,
     running,
+    say,
     spawn,
     wait_until,
 )
@@ -36,7 +37,7 @@ from bench.services import gateway
 from bench.wrk import run_wrk
 
 SETTINGS = {
-    "quick": {"duration": 3, "warmup": 1, "half_duration": 3},
+    "quick": {"duration": 2, "warmup": 1, "half_duration": 2},
     "full": {"duration": 10, "warmup": 3, "half_duration": 10},
 }
 WRK_THREADS = 1
@@ -77,7 +78,9 @@ async def _raw_asgi(duration: float, warmup: float) -> dict[str, Any]:
 
         await wait_until(up, 30, proc=proc, what="raw ASGI app")
         await run_wrk(base, "/get/raw", WRK_THREADS, WRK_CONNECTIONS, warmup)
-        return await run_wrk(base, "/get/raw", WRK_THREADS, WRK_CONNECTIONS, duration)
+        figures = await run_wrk(base, "/get/raw", WRK_THREADS, WRK_CONNECTIONS, duration)
+        say(f"raw ASGI: {figures['rps']:,.0f} req/s, p99 {figures['p99_ms']} ms")
+        return figures
 
 
 async def _open_loop(port: int, path: str, rate: float, duration: float) -> dict[str, Any]:
@@ -141,6 +144,7 @@ async def run(mode: str, result: Result) -> None:
             smartlink_id = await conn.fetchval("SELECT id FROM smartlinks WHERE code = $1", code)
             gw = await run_wrk(base, path, WRK_THREADS, WRK_CONNECTIONS, cfg["duration"])
             stopped = time.monotonic()
+            say(f"gateway: {gw['rps']:,.0f} req/s, p99 {gw['p99_ms']} ms")
             result.figures["gateway"] = gw
             expected = gw["requests"]
             rows = 0
@@ -174,6 +178,7 @@ async def run(mode: str, result: Result) -> None:
         port = int(base.rsplit(":", 1)[1])
         half = await _open_loop(port, path, half_rate, cfg["half_duration"])
         half["target_rate_per_s"] = round(half_rate, 1)
+        say(f"open loop at {half_rate:,.0f}/s: p50 {half['p50_ms']} ms, p99 {half['p99_ms']} ms")
         result.figures["half_peak_open_loop"] = half
 
     ratio = gw["rps"] / raw["rps"] if raw["rps"] else 0.0

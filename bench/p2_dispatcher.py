@@ -17,7 +17,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import Result, Skipped, infrastructure
+from bench.common import Result, Skipped, infrastructure, say
 from bench.events import publish_events
 from bench.http_clients import run_get_loop_process
 from bench.seed import seed_postback_publishers
@@ -65,6 +65,7 @@ async def wait_for_deliveries(
             raise RuntimeError(f"dispatcher stalled at {count}/{expected} deliveries")
         await asyncio.sleep(0.1)
     span = (stats["last"] - stats["first"]) or 1e-9
+    say(f"receiver has all {count:,} postbacks: {(count - 1) / span:,.0f}/s")
     return {
         "delivered": count,
         "first_to_last_s": round(span, 3),
@@ -118,6 +119,7 @@ async def run(mode: str, result: Result) -> None:
         await rcv.reset()
         raw = await run_get_loop_process("aiohttp", rcv.base + "/postback", CONCURRENCY, total)
         result.figures["raw_aiohttp_loop"] = raw
+        say(f"raw aiohttp loop: {raw['rps']:,.0f} req/s")
     if figures is None:
         raise Skipped(result.skipped_parts[-1])
     ratio = figures["rate_per_s"] / raw["rps"]

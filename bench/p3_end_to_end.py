@@ -18,13 +18,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from bench.common import Result, Skipped, http_status, infrastructure, percentile, wait_until
+from bench.common import (
+    Result,
+    Skipped,
+    http_status,
+    infrastructure,
+    percentile,
+    say,
+    wait_until,
+)
 from bench.openloop import build_request, click_request_factory, open_loop
 from bench.seed import Seeded, seed_click_scenario
 from bench.services import dispatcher, gateway, receiver
 
 RATE = 500.0
-SIZES = {"quick": {"duration": 3.0}, "full": {"duration": 20.0}}
+SIZES = {"quick": {"duration": 1.5}, "full": {"duration": 20.0}}
 SIMPLE_OFFER = [{"name": "Any visitor", "payout": "0.5000", "weight": 100}]
 POSTBACK_TEMPLATE = "/pb?click_id={click_id}&external_id={external_id}&payout={payout}"
 
@@ -61,6 +69,7 @@ async def prepare_clicks(base: str, seeded: Seeded, count: int) -> list[int]:
         connections=16,
     )
     made = [i for i in ids if i is not None]
+    say(f"made {len(made):,} clicks")
     if len(made) < count:
         raise RuntimeError(f"only {len(made)}/{count} clicks redirected with a click_id")
     return made
@@ -135,6 +144,7 @@ async def run(mode: str, result: Result) -> None:
             connections=64,
         )
         result.figures["conversion_api"] = api.summary()
+        say(f"{len(answered):,} conversions answered 201 at {api.summary()['rate_per_s']}/s")
         expected = len(answered) + 1  # + the probe
         deadline = time.monotonic() + 30
         while await rcv.count() < expected:
@@ -144,6 +154,7 @@ async def run(mode: str, result: Result) -> None:
                 raise RuntimeError(f"dispatcher exited:\n{disp.log_tail()}")
             await asyncio.sleep(0.1)
         arrivals = await rcv.arrivals()
+        say(f"receiver has {len(arrivals):,} postbacks")
 
     if not arrivals:
         raise Skipped("no postback arrived within 30 s (dispatcher consumer not ready?)")

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Result, infrastructure
+from bench.common import Result, infrastructure, say
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
     SIMPLE_OFFER,
@@ -28,7 +28,7 @@ from bench.services import gateway
 
 CLIENTS = 64
 SIZES = {
-    "quick": {"clicks": 200, "warmup": 0.5, "duration": 3.0},
+    "quick": {"clicks": 200, "warmup": 0.5, "duration": 2.0},
     "full": {"clicks": 2_000, "warmup": 2.0, "duration": 10.0},
 }
 
@@ -56,6 +56,7 @@ async def run(mode: str, result: Result) -> None:
         created = measured.statuses.get(201, 0)
         summary["created_per_s"] = round(created / measured.elapsed_s, 1)
         result.figures["conversion_api"] = summary
+        say(f"{created:,} conversions created: {summary['created_per_s']:,.0f}/s")
 
         # The outbox must keep up too: how long until every row is published?
         conn = await asyncpg.connect(infra.dsn)

@@ -20,7 +20,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, Result, Skipped, loadavg, machine_info
+from bench.common import ROOT, Result, Skipped, loadavg, machine_info, reset_clock
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "P1": ("bench.p1_click", "Click path vs raw ASGI"),
@@ -38,6 +38,7 @@ async def run_one(key: str, mode: str) -> Result:
     module_name, title = BENCHMARKS[key]
     result = Result(key=key, title=title)
     start = time.monotonic()
+    reset_clock()
     console.print(f"[bold]{key}[/bold] {title} ({mode}) …  load {loadavg()}")
     try:
         module = importlib.import_module(module_name)

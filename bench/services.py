@@ -10,7 +10,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import BIN, Infra, Proc, free_port, running, service_env, spawn, wait_http_ok
+from bench.common import (
+    BIN,
+    Infra,
+    Proc,
+    free_port,
+    running,
+    say,
+    service_env,
+    spawn,
+    wait_http_ok,
+)
 
 
 @asynccontextmanager
@@ -26,7 +36,9 @@ async def gateway(infra: Infra, name: str, **env: Any) -> AsyncIterator[tuple[Pr
     async with running(proc):
         base = f"http://127.0.0.1:{port}"
         await wait_http_ok(base + "/healthz", proc, timeout=60)
+        say(f"gateway {name} up on {base}")
         yield proc, base
+        say(f"stopping gateway {name}")
 
 
 @asynccontextmanager
@@ -42,7 +54,9 @@ async def dispatcher(infra: Infra, name: str, **env: Any) -> AsyncIterator[tuple
     async with running(proc):
         base = f"http://127.0.0.1:{port}"
         await wait_http_ok(base + "/healthz", proc, timeout=60)
+        say(f"dispatcher {name} up on {base}")
         yield proc, base
+        say(f"stopping dispatcher {name}")
 
 
 class ReceiverClient:
