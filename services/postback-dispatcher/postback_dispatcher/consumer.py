@@ -62,10 +62,16 @@ from postback_dispatcher.archive import (
     header_text,
 )
 from postback_dispatcher.attempt_log import AttemptLogWriter
+from postback_dispatcher.batching import AckBatcher, ClaimBatcher
 from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
 from postback_dispatcher.broker import ConfirmedPublisher
 from postback_dispatcher.rendering import macro_values, render_postback_url
-from postback_dispatcher.repository import AttemptRecord, DeliveryOutcome, PostbackTarget
+from postback_dispatcher.repository import (
+    AttemptRecord,
+    ClaimRequest,
+    DeliveryOutcome,
+    PostbackTarget,
+)
 from postback_dispatcher.sender import PostbackSender, SendResult
 from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.signing import postback_headers
@@ -183,6 +189,8 @@ class PostbackConsumer:
         self._cache: PostbackSettingsCache | None = None
         self._archiver: DeadLetterArchiver | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._acks = AckBatcher()
+        self._claims: ClaimBatcher | None = None
         self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -205,6 +213,9 @@ class PostbackConsumer:
         )
         self._log = AttemptLogWriter(self._pool)
         self._log.start()
+        self._claims = ClaimBatcher(self._pool, self.max_attempts)
+        self._acks = AckBatcher()
+        self._acks.start()
         self._cache = PostbackSettingsCache(self._pool, self.settings.settings_cache_seconds)
         self._connection = await aio_pika.connect_robust(
             self.settings.amqp_url, client_properties={"connection_name": "postback-dispatcher"}
@@ -245,6 +256,7 @@ class PostbackConsumer:
             if pending:
                 log.warning("stop: %d postbacks unfinished, left for redelivery", len(pending))
                 await asyncio.wait(pending, timeout=5)
+        await self._acks.close()
         if self._archiver is not None:
             await self._archiver.stop()
         if self._log is not None:
@@ -260,6 +272,7 @@ class PostbackConsumer:
     # -- per message ---------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.received(message)
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -275,6 +288,7 @@ class PostbackConsumer:
             with contextlib.suppress(Exception):
                 await asyncio.sleep(1.0)
                 await message.nack(requeue=True)
+                self._acks.settled(message)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         assert self._pool is not None and self._cache is not None and self._log is not None
@@ -286,7 +300,7 @@ class PostbackConsumer:
             log.warning("poison message dead-lettered: %s", exc.reason[:200])
             history = {"reason": "poison", "last_error": exc.reason, "attempts": []}
             await self._publish_dead(message, headers, "poison", history, url_masked=None)
-            await message.ack()
+            self._acks.ack(message)
             return
 
         sequence = header_int(headers, HEADER_SEQUENCE)
@@ -300,15 +314,10 @@ class PostbackConsumer:
         url = render_postback_url(target.url_template, macro_values(event, token))
         url_masked = mask_in_text(url, token)
 
-        async with self._pool.acquire() as conn:
-            claim = await repository.claim_attempt(
-                conn,
-                conversion_id=event.conversion_id,
-                event_id=event.event_id,
-                publisher_id=event.publisher_id,
-                sequence=sequence,
-                max_attempts=self.max_attempts,
-            )
+        assert self._claims is not None
+        claim = await self._claims.claim(
+            ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
+        )
         if claim.kind in ("stale", "delivered", "dead"):
             self.metrics.duplicates_dropped += 1
             log.info(
@@ -317,7 +326,7 @@ class PostbackConsumer:
                 claim.kind,
                 sequence,
             )
-            await message.ack()
+            self._acks.ack(message)
             return
         history = self._history_from(headers)
         if claim.kind == "limit":
@@ -335,7 +344,7 @@ class PostbackConsumer:
                 ),
             )
             self.metrics.dead_lettered += 1
-            await message.ack()
+            self._acks.ack(message)
             return
 
         attempt_no = claim.attempt_no
@@ -415,7 +424,7 @@ class PostbackConsumer:
                 DeliveryOutcome(event.conversion_id, sequence, "delivered", result.status, None),
             )
             self.metrics.delivered += 1
-            await message.ack()
+            self._acks.ack(message)
             return
 
         if verdict == "retry":
@@ -438,7 +447,7 @@ class PostbackConsumer:
                 ),
             )
             self.metrics.retried += 1
-            await message.ack()
+            self._acks.ack(message)
             return
 
         dead_reason = reason or "exhausted"
@@ -456,7 +465,7 @@ class PostbackConsumer:
             DeliveryOutcome(event.conversion_id, sequence, "dead", result.status, error_text),
         )
         self.metrics.dead_lettered += 1
-        await message.ack()
+        self._acks.ack(message)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -556,7 +565,7 @@ class PostbackConsumer:
             None,
         )
         self.metrics.skipped += 1
-        await message.ack()
+        self._acks.ack(message)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for /metrics and /readyz."""

@@ -282,3 +282,79 @@ async def upsert_dead_letter(conn: asyncpg.Connection, record: DeadLetterRecord)
         record.payload,
         record.history_json,
     )
+
+
+_CLAIM_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::int[])
+        AS i(conversion_id, event_id, publisher_id, sequence)
+), claimed AS (
+    INSERT INTO deliveries AS d (
+        conversion_id, event_id, publisher_id, status, sequence, attempts,
+        first_attempt_at, last_attempt_at, updated_at
+    )
+    SELECT conversion_id, event_id, publisher_id, 'pending', sequence, 1, now(), now(), now()
+    FROM input
+    ON CONFLICT (conversion_id) DO UPDATE SET
+        attempts = CASE WHEN EXCLUDED.sequence > d.sequence THEN 1 ELSE d.attempts + 1 END,
+        status = 'pending',
+        first_attempt_at = CASE WHEN EXCLUDED.sequence > d.sequence OR d.first_attempt_at IS NULL
+                                THEN now() ELSE d.first_attempt_at END,
+        sequence = EXCLUDED.sequence,
+        event_id = EXCLUDED.event_id,
+        delivered_at = CASE WHEN EXCLUDED.sequence > d.sequence THEN NULL ELSE d.delivered_at END,
+        last_attempt_at = now(),
+        updated_at = now()
+    WHERE EXCLUDED.sequence > d.sequence
+       OR (EXCLUDED.sequence = d.sequence
+           AND d.status NOT IN ('delivered', 'dead')
+           AND d.attempts < $5)
+    RETURNING d.conversion_id, d.attempts, d.first_attempt_at
+)
+SELECT i.conversion_id, i.sequence AS wanted_sequence,
+       c.attempts, c.first_attempt_at,
+       cur.sequence AS current_sequence, cur.status AS current_status,
+       cur.attempts AS current_attempts, cur.first_attempt_at AS current_first_attempt_at
+FROM input i
+LEFT JOIN claimed c ON c.conversion_id = i.conversion_id
+LEFT JOIN deliveries cur ON cur.conversion_id = i.conversion_id AND c.conversion_id IS NULL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    conversion_id: int
+    event_id: uuid.UUID
+    publisher_id: int
+    sequence: int
+
+
+async def claim_attempts(
+    conn: asyncpg.Connection, requests: Sequence[ClaimRequest], max_attempts: int
+) -> dict[int, Claim]:
+    """``claim_attempt`` for many conversions in one statement (conversion ids distinct)."""
+    rows = await conn.fetch(
+        _CLAIM_MANY,
+        [r.conversion_id for r in requests],
+        [r.event_id for r in requests],
+        [r.publisher_id for r in requests],
+        [r.sequence for r in requests],
+        max_attempts,
+    )
+    claims: dict[int, Claim] = {}
+    for row in rows:
+        conversion_id = row["conversion_id"]
+        if row["attempts"] is not None:
+            claims[conversion_id] = Claim("send", row["attempts"], row["first_attempt_at"])
+            continue
+        attempts = row["current_attempts"] or 0
+        first = row["current_first_attempt_at"]
+        if row["current_sequence"] is None or row["wanted_sequence"] < row["current_sequence"]:
+            claims[conversion_id] = Claim("stale", attempts, first)
+        elif row["current_status"] == "delivered":
+            claims[conversion_id] = Claim("delivered", attempts, first)
+        elif row["current_status"] == "dead":
+            claims[conversion_id] = Claim("dead", attempts, first)
+        else:
+            claims[conversion_id] = Claim("limit", attempts, first)
+    return claims
