@@ -23,7 +23,8 @@ from click_gateway.clicks import repository
 
 log = logging.getLogger(__name__)
 
-ClickRow = tuple[Any, ...]  # in repository.CLICK_COLUMNS order
+# In repository.CLICK_COLUMNS order; ``ip`` pre-encoded (repository.encode_inet).
+ClickRow = tuple[Any, ...]
 
 DEFAULT_CAPACITY = 500_000
 MAX_RETRY_DELAY_SECONDS = 1.0
@@ -86,7 +87,7 @@ class ClickBuffer:
     # --- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self.dsn)
+        await self._connection()
         self._task = asyncio.create_task(self._flush_forever(), name="click-buffer-flush")
 
     async def stop(self) -> None:
@@ -162,7 +163,9 @@ class ClickBuffer:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn, timeout=5)
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+            await repository.prepare_copy_connection(conn)
+            self._conn = conn
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -64,28 +64,49 @@ _MACRO_SPLIT = re.compile(r"\{(" + "|".join(CLICK_URL_MACROS) + r")\}")
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 
 
+_MACRO_SLOT = {name: index for index, name in enumerate(SUPPORTED_URL_MACROS)}
+# Values made only of these need no percent-encoding (the common case: ids, codes).
+_needs_quoting = re.compile(r"[^A-Za-z0-9_.~-]").search
+
+
+def encode_value(value: object) -> str:
+    """A click value as it goes into a URL query: percent-encoded, '' when missing."""
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return quote(text, safe="") if _needs_quoting(text) else text
+
+
 @dataclass(frozen=True, slots=True)
 class UrlTemplate:
-    """``literals[0] + v(names[0]) + literals[1] + … + literals[-1]``."""
+    """``literals[0] + v(slots[0]) + literals[1] + … + literals[-1]``.
+
+    ``slots`` index into a values tuple in ``SUPPORTED_URL_MACROS`` order, so a
+    click builds one tuple and rendering is a join.
+    """
 
     literals: tuple[str, ...]
     names: tuple[str, ...]
+    slots: tuple[int, ...]
 
     @classmethod
     def parse(cls, template: str) -> UrlTemplate:
         pieces = _MACRO_SPLIT.split(template.strip())
         literals = tuple(quote(piece, safe=_URL_SAFE) for piece in pieces[0::2])
-        return cls(literals=literals, names=tuple(pieces[1::2]))
+        names = tuple(pieces[1::2])
+        return cls(literals=literals, names=names, slots=tuple(_MACRO_SLOT[n] for n in names))
 
-    def render(self, values: Mapping[str, Any]) -> str:
-        if not self.names:
-            return self.literals[0]
+    def render(self, values: Sequence[Any]) -> str:
+        """``values``: one per ``SUPPORTED_URL_MACROS`` name, in that order."""
         literals = self.literals
+        if not self.slots:
+            return literals[0]
         out = [literals[0]]
-        for index, name in enumerate(self.names):
-            value = values.get(name)
-            out.append("" if value is None else quote(str(value), safe=""))
-            out.append(literals[index + 1])
+        for index, slot in enumerate(self.slots, 1):
+            out.append(encode_value(values[slot]))
+            out.append(literals[index])
         return "".join(out)
 
 

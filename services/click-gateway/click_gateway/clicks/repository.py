@@ -5,8 +5,10 @@ Functions take an ``asyncpg`` pool or connection (anything with fetch/execute).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -34,6 +36,41 @@ CLICK_COLUMNS: tuple[str, ...] = (
 )
 
 Executor = asyncpg.Pool | asyncpg.Connection
+
+# PostgreSQL's binary ``inet`` datum: family, prefix bits, is_cidr, length, address.
+_INET4_HEADER = bytes((2, 32, 0, 4))
+_INET6_HEADER = bytes((3, 128, 0, 16))
+
+
+@lru_cache(maxsize=20_000)
+def encode_inet(ip: str) -> bytes:
+    """An IP address in ``inet``'s binary wire format, computed once per address.
+
+    asyncpg's own inet encoder re-parses the text for every row (~2.5 µs, the
+    largest client-side cost of a click COPY); buffered rows carry these bytes.
+    """
+    address = ipaddress.ip_address(ip)
+    header = _INET4_HEADER if address.version == 4 else _INET6_HEADER
+    return header + address.packed
+
+
+def decode_inet(wire: bytes) -> str:
+    return str(ipaddress.ip_address(wire[4:]))
+
+
+def _passthrough(value: bytes) -> bytes:
+    return value
+
+
+async def prepare_copy_connection(conn: asyncpg.Connection) -> None:
+    """The flush connection sends ``inet`` values pre-encoded (see ``encode_inet``)."""
+    await conn.set_type_codec(
+        "inet",
+        schema="pg_catalog",
+        encoder=_passthrough,
+        decoder=_passthrough,
+        format="binary",
+    )
 
 
 # --- click-id infrastructure -------------------------------------------------

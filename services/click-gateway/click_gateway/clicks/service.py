@@ -15,8 +15,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,7 +32,9 @@ from click_gateway.clicks.ids import (
     click_id_ms,
     is_plausible_click_id,
 )
+from click_gateway.clicks.repository import encode_inet
 from click_gateway.clicks.visitor import (
+    ADDRESS_CACHE_SIZE,
     MAX_USER_AGENT_LENGTH,
     ClientAddressResolver,
     classify_user_agent,
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 CLICK_PATH_PREFIX = "/get/"
 EXTERNAL_ID_PARAMS = ("cid", "clickid", "click_id", "external_id")
 SUB_ID_PARAMS = ("sub1", "sub2", "sub3", "sub4", "sub5")
+SUB_ID_SLOTS = {name: index for index, name in enumerate(SUB_ID_PARAMS)}
+WANTED_PARAMS = frozenset((*EXTERNAL_ID_PARAMS, *SUB_ID_PARAMS))
 MAX_PARAM_LENGTH = 256
 MAX_QUERY_LENGTH = 8192
 PARTITION_MAINTENANCE_SECONDS = 3600.0
@@ -110,27 +115,37 @@ def _clean(value: str, limit: int = MAX_PARAM_LENGTH) -> str | None:
 
 
 def parse_click_query(query: bytes) -> tuple[str | None, list[str | None]]:
-    """The external click id (first non-empty alias) and sub1..sub5."""
+    """The external click id (first non-empty alias, in alias order) and sub1..sub5.
+
+    A hand-rolled ``parse_qsl``: only the few parameters we keep are decoded,
+    and only when they carry escapes.
+    """
     subs: list[str | None] = [None, None, None, None, None]
     if not query:
         return None, subs
-    text = query[:MAX_QUERY_LENGTH].decode("latin-1")
     aliases: dict[str, str] = {}
-    for name, value in parse_qsl(text, keep_blank_values=False):
-        if name in EXTERNAL_ID_PARAMS:
-            if name not in aliases and value.strip():
-                aliases[name] = value
-        elif name in SUB_ID_PARAMS:
-            index = int(name[3]) - 1
+    for pair in query[:MAX_QUERY_LENGTH].decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name not in WANTED_PARAMS or not value:
+            continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value, errors="replace")
+        if name in SUB_ID_SLOTS:
+            index = SUB_ID_SLOTS[name]
             if subs[index] is None:
                 subs[index] = _clean(value)
+        elif name not in aliases and value.strip():
+            aliases[name] = value
     external_id = None
-    for name in EXTERNAL_ID_PARAMS:
-        candidate = aliases.get(name)
-        if candidate is not None:
-            external_id = _clean(candidate)
-            if external_id:
-                break
+    if aliases:
+        for name in EXTERNAL_ID_PARAMS:
+            candidate = aliases.get(name)
+            if candidate is not None:
+                external_id = _clean(candidate)
+                if external_id:
+                    break
     return external_id, subs
 
 
@@ -138,6 +153,8 @@ def record_from_row(row: ClickRow | asyncpg.Record) -> ClickRecord:
     """A buffered row (tuple in CLICK_COLUMNS order) or a fetched row as a ClickRecord."""
     if isinstance(row, tuple):
         values = dict(zip(repository.CLICK_COLUMNS, row, strict=True))
+        if values["ip"] is not None:
+            values["ip"] = repository.decode_inet(values["ip"])
     else:
         values = dict(row)
     return ClickRecord(
@@ -171,6 +188,8 @@ class ClickService:
         self.sessionmaker = sessionmaker
         self.dsn = asyncpg_dsn(settings.database_url)
         self.addresses = ClientAddressResolver(settings.trusted_proxies)
+        # (peer, X-Forwarded-For) → (ip, country, ip as inet wire bytes), one lookup per click.
+        self._locate = lru_cache(maxsize=ADDRESS_CACHE_SIZE)(self._locate_uncached)
         self.buffer = ClickBuffer(
             self.dsn, settings.click_flush_interval_ms, settings.click_flush_max_rows
         )
@@ -267,9 +286,8 @@ class ClickService:
                 forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
         if len(user_agent) > MAX_USER_AGENT_LENGTH or "\x00" in user_agent:
             user_agent = user_agent.replace("\x00", "")[:MAX_USER_AGENT_LENGTH]
-        client = scope.get("client")
-        ip = self.addresses.resolve(client[0] if client else None, forwarded_for)
-        country = country_of(ip) if ip is not None else None
+        client = scope["client"]
+        ip, country, ip_wire = self._locate(client[0] if client else None, forwarded_for)
         os_family, device, is_bot = classify_user_agent(user_agent)
         if method == "HEAD":
             is_bot = True
@@ -291,27 +309,20 @@ class ClickService:
         external_id, subs = parse_click_query(scope["query_string"])
         assert self.ids is not None
         click_id = self.ids.next_id()
-        if template.names:
-            location = template.render(
-                {
-                    "click_id": click_id,
-                    "external_id": external_id,
-                    "publisher_id": smartlink.publisher_id,
-                    "smartlink_id": smartlink.id,
-                    "offer_id": offer_id,
-                    "country": country,
-                    "os": os_family,
-                    "device": device,
-                    "ip": ip,
-                    "sub1": subs[0],
-                    "sub2": subs[1],
-                    "sub3": subs[2],
-                    "sub4": subs[3],
-                    "sub5": subs[4],
-                }
+        location = template.render(
+            (  # SUPPORTED_URL_MACROS order
+                click_id,
+                external_id,
+                smartlink.publisher_id,
+                smartlink.id,
+                offer_id,
+                country,
+                os_family,
+                device,
+                ip,
+                *subs,
             )
-        else:
-            location = template.literals[0]
+        )
         self.buffer.add(
             click_id,
             (
@@ -321,7 +332,7 @@ class ClickService:
                 smartlink.publisher_id,
                 smartlink.id,
                 offer_id,
-                ip,
+                ip_wire,
                 country,
                 os_family,
                 device,
@@ -343,6 +354,14 @@ class ClickService:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+
+    def _locate_uncached(
+        self, peer: str | None, forwarded_for: str | None
+    ) -> tuple[str | None, str | None, bytes | None]:
+        ip = self.addresses.resolve(peer, forwarded_for)
+        if ip is None:
+            return None, None, None
+        return ip, country_of(ip), encode_inet(ip)
 
     @staticmethod
     async def _send_page(
