@@ -371,3 +371,52 @@ class Result:
             "skipped_parts": self.skipped_parts,
             "notes": self.notes,
         }
+
+
+@asynccontextmanager
+async def pg_activity(dsn: str, into: dict[str, Any], interval: float = 0.1) -> AsyncIterator[None]:
+    """Sample pg_stat_activity of the benchmark's database while the block runs.
+
+    Records how often each (state, wait event) was seen, the peak number of
+    backends, and how many distinct backend pids appeared (far more pids than
+    the pool size means connections are being opened and closed under load).
+    """
+    conn = await asyncpg.connect(dsn)
+    seen: dict[str, int] = {}
+    pids: set[int] = set()
+    peak = 0
+    samples = 0
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak, samples
+        while not stop.is_set():
+            rows = await conn.fetch(
+                "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            samples += 1
+            peak = max(peak, len(rows))
+            for row in rows:
+                pids.add(row["pid"])
+                key = f"{row['state']}:{row['wait_event_type'] or '-'}:{row['wait_event'] or '-'}"
+                seen[key] = seen.get(key, 0) + 1
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        stop.set()
+        with suppress(Exception):
+            await task
+        await conn.close()
+        into.update(
+            {
+                "samples": samples,
+                "peak_backends": peak,
+                "distinct_backend_pids": len(pids),
+                "state_wait_counts": dict(sorted(seen.items(), key=lambda kv: -kv[1])[:12]),
+            }
+        )

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Result, infrastructure, say
+from bench.common import Result, infrastructure, pg_activity, say
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
     SIMPLE_OFFER,
@@ -51,7 +51,12 @@ async def run(mode: str, result: Result) -> None:
             return lambda i: conversion_request(key, clicks[i % len(clicks)], f"{prefix}{i}")
 
         await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
-        measured = await closed_loop("127.0.0.1", port, CLIENTS, cfg["duration"], request_for("m"))
+        activity: dict[str, Any] = {}
+        async with pg_activity(infra.dsn, activity):
+            measured = await closed_loop(
+                "127.0.0.1", port, CLIENTS, cfg["duration"], request_for("m")
+            )
+        result.figures["db_activity_during_load"] = activity
         summary = measured.summary()
         created = measured.statuses.get(201, 0)
         summary["created_per_s"] = round(created / measured.elapsed_s, 1)

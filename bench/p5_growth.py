@@ -36,7 +36,7 @@ SIZES = {
         "rss_window_s": 0.8,
         "fresh": 1_000,
         "retry": 10_000,
-        "dead": (1_000, 50_000),
+        "dead": (1_000, 100_000),
         "page_requests": 20,
         "first_arrival_timeout": 8.0,
         "repeat_baseline": False,

@@ -149,7 +149,16 @@ def main() -> None:
     size.add_argument("--full", action="store_true", help="the real measurement, ≤ 10 min")
     parser.add_argument("--only", default="", help="comma-separated subset, e.g. P1,P2")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where figures go")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="attach py-spy to the services (needs py-spy; figures are then not comparable)",
+    )
     args = parser.parse_args()
+    if args.profile:
+        import os
+
+        os.environ["BENCH_PROFILE"] = "1"
     only = [k.strip().upper() for k in args.only.split(",") if k.strip()] or list(BENCHMARKS)
     unknown = [k for k in only if k not in BENCHMARKS]
     if unknown:

@@ -21,6 +21,7 @@ from bench.common import (
     spawn,
     wait_http_ok,
 )
+from bench.profile import profiled
 
 
 @asynccontextmanager
@@ -37,7 +38,8 @@ async def gateway(infra: Infra, name: str, **env: Any) -> AsyncIterator[tuple[Pr
         base = f"http://127.0.0.1:{port}"
         await wait_http_ok(base + "/healthz", proc, timeout=60)
         say(f"gateway {name} up on {base}")
-        yield proc, base
+        async with profiled(proc):
+            yield proc, base
         say(f"stopping gateway {name}")
 
 
@@ -55,7 +57,8 @@ async def dispatcher(infra: Infra, name: str, **env: Any) -> AsyncIterator[tuple
         base = f"http://127.0.0.1:{port}"
         await wait_http_ok(base + "/healthz", proc, timeout=60)
         say(f"dispatcher {name} up on {base}")
-        yield proc, base
+        async with profiled(proc):
+            yield proc, base
         say(f"stopping dispatcher {name}")
 
 
