@@ -26,9 +26,7 @@ from postback_core.db.models import (
     Publisher,
 )
 from postback_core.security import generate_api_key, hash_api_key
-from postback_dispatcher.app import create_app
-from postback_dispatcher.settings import DispatcherSettings
-from tests.support.servers import serve_asgi
+from tests.postback_dispatcher.conftest import DispatcherHandle
 
 _conversion_ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000) * 1000)
 
@@ -48,18 +46,9 @@ async def db(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession
 
 
 @pytest.fixture(scope="session")
-async def portal_url(database_url: str, amqp_url: str) -> AsyncIterator[str]:
-    """A real dispatcher (consumer included) with private targets allowed for loopback."""
-    settings = DispatcherSettings(
-        DATABASE_URL=database_url,
-        AMQP_URL=amqp_url,
-        POSTBACK_ALLOW_PRIVATE_TARGETS=True,
-        POSTBACK_RETRY_DELAYS="0.2",
-        POSTBACK_SETTINGS_CACHE_SECONDS=0,
-        POSTBACK_TIMEOUT_SECONDS=5,
-    )
-    async with serve_asgi(create_app(settings)) as url:
-        yield url
+def portal_url(dispatcher: DispatcherHandle) -> str:
+    """The shared test dispatcher (consumer included; private targets allowed for loopback)."""
+    return dispatcher.base_url
 
 
 @pytest.fixture
@@ -120,7 +109,7 @@ async def insert_dead_letter(
     now = datetime.now(UTC)
     async with unit_of_work(db) as session:
         row = DeadLetter(
-            event_key=f"{event.event_id}:0",
+            event_key=str(event.event_id),  # as the archiver keys them
             event_id=event.event_id,
             sequence=0,
             conversion_id=conversion_id,

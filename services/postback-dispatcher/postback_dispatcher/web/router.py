@@ -1,0 +1,25 @@
+"""Mount the pages and their static files on the dispatcher app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from postback_dispatcher.web import operator, portal
+from postback_dispatcher.web.sessions import SessionCookies, session_secret
+from postback_dispatcher.web.templating import WEB_DIR
+
+
+def install(app: FastAPI) -> None:
+    settings = app.state.runtime.settings
+    app.state.session_cookies = SessionCookies(
+        session_secret(settings.session_secret, settings.admin_token)
+    )
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
+    app.include_router(portal.router)
+    app.include_router(operator.router)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/portal/postback", status_code=303)
