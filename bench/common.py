@@ -302,7 +302,7 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "packages": packages,
-        "wrk": wrk[0] if wrk else "unknown",
+        "wrk": wrk[0].split(" Copyright")[0] if wrk else "unknown",
         "postgresql": _command_output(
             ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SHOW server_version"]
         ),

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import ROOT, Result, Skipped, loadavg, machine_info, reset_clock
+from bench.report import render
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "P1": ("bench.p1_click", "Click path vs raw ASGI"),
@@ -94,29 +95,6 @@ def print_table(results: list[Result]) -> None:
     console.print(table)
 
 
-def markdown_summary(results: list[Result], meta: dict[str, Any]) -> str:
-    lines = [
-        f"Run {meta['started_at']} ({meta['mode']}, {meta['total_s']} s, "
-        f"load {meta['machine']['loadavg_at_start']} → {meta['loadavg_at_end']})",
-        "",
-        "| Bench | Target | Measured | Goal | Result |",
-        "|---|---|---|---|---|",
-    ]
-    for result in results:
-        if not result.targets:
-            lines.append(
-                f"| {result.key} | {result.title} | - | - | {result.status}: {result.reason} |"
-            )
-        for t in result.targets:
-            lines.append(
-                f"| {result.key} | {t['name']} | {_fmt(t['measured'])} {t['unit']} | "
-                f"{t['op']} {_fmt(t['threshold'])} {t['unit']} | {_verdict(t['passed'])} |"
-            )
-        for part in result.skipped_parts:
-            lines.append(f"| {result.key} | {part} | - | - | skipped |")
-    return "\n".join(lines) + "\n"
-
-
 async def main_async(mode: str, only: list[str], json_path: Path) -> int:
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
@@ -137,7 +115,7 @@ async def main_async(mode: str, only: list[str], json_path: Path) -> int:
     document = {"meta": meta, "benchmarks": {r.key: r.as_dict() for r in results}}
     json_path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     md_path = json_path.with_suffix(".md")
-    md_path.write_text(markdown_summary(results, meta))
+    md_path.write_text(render(document))
     console.print(f"figures: {json_path}  summary: {md_path}  total {meta['total_s']} s")
     return 1 if any(r.status == "error" for r in results) else 0
 

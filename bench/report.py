@@ -1,0 +1,193 @@
+"""Markdown from a results JSON: machine, targets, and the figures behind each target.
+
+``bench.run`` writes it beside the JSON (``latest.md``); docs/benchmarks.md quotes
+the best run's. ``python -m bench.report bench/results/latest.json``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def _get(d: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def machine_section(meta: dict[str, Any]) -> list[str]:
+    m = meta["machine"]
+    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    return [
+        f"- run: {meta['started_at']}, `--{meta['mode']}`, {meta.get('total_s')} s in all; "
+        f"load average {m['loadavg_at_start']} at start, {meta.get('loadavg_at_end')} at end",
+        f"- machine: {m['nproc']} cores, {m['cpu_model']}, Linux {m['kernel']}",
+        f"- Python {m['python']}; {pk}",
+        f"- {m['wrk']}; PostgreSQL {m['postgresql']}; RabbitMQ {m['rabbitmq']}",
+    ]
+
+
+def targets_table(benchmarks: dict[str, Any]) -> list[str]:
+    lines = ["| Bench | Target | Measured | Goal | Result |", "|---|---|---|---|---|"]
+    for key, b in benchmarks.items():
+        if not b["targets"]:
+            lines.append(f"| {key} | {b['title']} | - | - | {b['status']}: {b['reason']} |")
+        for t in b["targets"]:
+            unit = f" {t['unit']}" if t["unit"] else ""
+            lines.append(
+                f"| {key} | {t['name']} | {fmt(t['measured'])}{unit} | "
+                f"{t['op']} {fmt(t['threshold'])}{unit} | {verdict(t['passed'])} |"
+            )
+        for part in b["skipped_parts"]:
+            lines.append(f"| {key} | {part} | - | - | skipped |")
+    return lines
+
+
+def key_figures(benchmarks: dict[str, Any]) -> list[str]:
+    """One line per measured quantity that a target is computed from."""
+    rows: list[tuple[str, str, Any, str]] = []
+
+    def add(bench: str, label: str, value: Any, unit: str = "") -> None:
+        if value is not None:
+            rows.append((bench, label, value, unit))
+
+    p1 = _get(benchmarks, "P1", "figures") or {}
+    add("P1", "raw ASGI 302, wrk", _get(p1, "raw_asgi", "rps"), "req/s")
+    add("P1", "raw ASGI p50 / p99", _pair(p1, "raw_asgi"), "ms")
+    add("P1", "gateway GET /get/{code}, wrk", _get(p1, "gateway", "rps"), "req/s")
+    add("P1", "gateway p50 / p99", _pair(p1, "gateway"), "ms")
+    add(
+        "P1",
+        "clicks in PostgreSQL / wrk responses",
+        _ratio_text(p1, ("durability", "rows_in_clicks"), ("durability", "wrk_completed_requests")),
+    )
+    add(
+        "P1",
+        "open loop: target / achieved rate",
+        _ratio_text(
+            p1, ("half_peak_open_loop", "target_rate_per_s"), ("half_peak_open_loop", "rate_per_s")
+        ),
+        "/s",
+    )
+    add("P1", "open loop p50 / p99 / max", _triple(p1, "half_peak_open_loop"), "ms")
+    p2 = _get(benchmarks, "P2", "figures") or {}
+    add("P2", "dispatcher postbacks", _get(p2, "dispatcher", "rate_per_s"), "/s")
+    add("P2", "raw aiohttp loop", _get(p2, "raw_aiohttp_loop", "rps"), "req/s")
+    add("P2", "pre-fill publish (confirms)", _get(p2, "dispatcher", "prefill", "rate_per_s"), "/s")
+    p3 = _get(benchmarks, "P3", "figures") or {}
+    add("P3", "conversion API achieved rate", _get(p3, "conversion_api", "rate_per_s"), "/s")
+    add("P3", "conversion API p50 / p99 (from due time)", _pair(p3, "conversion_api"), "ms")
+    add("P3", "answer → postback p50 / p99 / max", _triple(p3, "end_to_end"), "ms")
+    add(
+        "P3",
+        "postbacks matched / conversions",
+        _ratio_text(p3, ("end_to_end", "postbacks_matched"), ("end_to_end", "conversions_201")),
+    )
+    p4 = _get(benchmarks, "P4", "figures") or {}
+    add("P4", "conversions created", _get(p4, "conversion_api", "created_per_s"), "/s")
+    add("P4", "request p50 / p99", _pair(p4, "conversion_api"), "ms")
+    add("P4", "outbox drained after load", _get(p4, "outbox", "drained_after_s"), "s")
+    p5 = _get(benchmarks, "P5", "figures") or {}
+    for label in ("small", "large"):
+        add(
+            "P5",
+            f"dispatcher RSS peak, {fmt(_get(p5, 'rss', label, 'queued_at_start'))} queued",
+            _get(p5, "rss", label, "rss_peak_mib"),
+            "MiB",
+        )
+    add(
+        "P5",
+        "fresh postbacks/s, nothing in retry tiers",
+        _get(p5, "retry_tiers", "none_waiting", "rate_per_s"),
+        "/s",
+    )
+    add(
+        "P5",
+        f"fresh postbacks/s, {fmt(_get(p5, 'retry_tiers', 'waiting_in_tier', 'depth'))} "
+        "in a retry tier",
+        _get(p5, "retry_tiers", "with_waiting", "rate_per_s"),
+        "/s",
+    )
+    add(
+        "P5",
+        "fresh postbacks/s, nothing in retry tiers (again)",
+        _get(p5, "retry_tiers", "none_waiting_again", "rate_per_s"),
+        "/s",
+    )
+    for label in ("small", "large"):
+        add(
+            "P5",
+            f"dead-letter page median / p95, "
+            f"{fmt(_get(p5, 'dead_letter_page', label, 'stored'))} stored",
+            _pair(p5, "dead_letter_page", label, keys=("median_ms", "p95_ms")),
+            "ms",
+        )
+    hc = _get(benchmarks, "HC", "figures") or {}
+    for client in ("aiohttp", "httpx"):
+        add("HC", f"{client} GET loop, 64 in flight", _get(hc, client, "rps"), "req/s")
+        add("HC", f"{client} p50 / p99", _pair(hc, client), "ms")
+    lines = ["| Bench | Figure | Value |", "|---|---|---|"]
+    for bench, label, value, unit in rows:
+        lines.append(f"| {bench} | {label} | {fmt(value)} {unit} |".replace("  |", " |"))
+    return lines
+
+
+def _pair(d: dict[str, Any], *path: str, keys: tuple[str, str] = ("p50_ms", "p99_ms")) -> Any:
+    node = _get(d, *path)
+    if not isinstance(node, dict) or keys[0] not in node:
+        return None
+    return f"{fmt(node[keys[0]])} / {fmt(node.get(keys[1]))}"
+
+
+def _triple(d: dict[str, Any], *path: str) -> Any:
+    node = _get(d, *path)
+    if not isinstance(node, dict) or "p50_ms" not in node:
+        return None
+    return f"{fmt(node['p50_ms'])} / {fmt(node['p99_ms'])} / {fmt(node.get('max_ms'))}"
+
+
+def _ratio_text(d: dict[str, Any], a: tuple[str, ...], b: tuple[str, ...]) -> Any:
+    x, y = _get(d, *a), _get(d, *b)
+    if x is None or y is None:
+        return None
+    return f"{fmt(x)} / {fmt(y)}"
+
+
+def render(document: dict[str, Any]) -> str:
+    meta, benchmarks = document["meta"], document["benchmarks"]
+    lines = ["### Machine and run", "", *machine_section(meta), "", "### Targets", ""]
+    lines += targets_table(benchmarks)
+    lines += ["", "### Figures behind the targets", "", *key_figures(benchmarks), ""]
+    notes = [f"- {k}: {n}" for k, b in benchmarks.items() for n in b["notes"]]
+    if notes:
+        lines += ["### Notes", "", *notes, ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(render(orjson.loads(Path(arg).read_bytes())))
