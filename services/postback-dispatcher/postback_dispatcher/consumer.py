@@ -188,7 +188,7 @@ class PostbackConsumer:
         self._log: AttemptLogWriter | None = None
         self._cache: PostbackSettingsCache | None = None
         self._archiver: DeadLetterArchiver | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._acks = AckBatcher()
         self._claims: ClaimBatcher | None = None
         self._stopping = False
@@ -272,10 +272,15 @@ class PostbackConsumer:
     # -- per message ---------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aio-pika already runs each delivery in its own task; track it for the stop.
         self._acks.received(message)
-        task = asyncio.create_task(self._handle(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await self._handle(message)
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -380,25 +385,6 @@ class PostbackConsumer:
             verdict, reason = "dead", "exhausted"
         if verdict == "dead" and outcome_name != "breaker_open":
             outcome_name = "dead"
-        entry = {
-            "attempt": attempt_no,
-            "at": started_at.isoformat(),
-            "trigger": attempt_trigger,
-            "outcome": outcome_name,
-            "status": result.status,
-            "duration_ms": result.duration_ms,
-            "error_class": result.error_class,
-            "error": error_text,
-        }
-        history.setdefault("attempts", []).append(entry)
-        history["attempts"] = history["attempts"][-MAX_HISTORY_ENTRIES:]
-        first_at = claim.first_attempt_at or started_at
-        history["first_attempt_at"] = history.get("first_attempt_at") or first_at.isoformat()
-        history["last_attempt_at"] = started_at.isoformat()
-        history["last_status"] = result.status
-        history["last_error_class"] = result.error_class
-        history["last_error"] = error_text
-
         record = AttemptRecord(
             conversion_id=event.conversion_id,
             event_id=event.event_id,
@@ -407,7 +393,9 @@ class PostbackConsumer:
             attempt_no=attempt_no,
             trigger=attempt_trigger,
             outcome=outcome_name,
-            url_masked=mask_in_text(result.final_url, token) if result.final_url else url_masked,
+            url_masked=url_masked
+            if result.final_url == url
+            else mask_in_text(result.final_url, token),
             http_status=result.status,
             duration_ms=result.duration_ms,
             error_class=result.error_class,
@@ -426,6 +414,25 @@ class PostbackConsumer:
             self.metrics.delivered += 1
             self._acks.ack(message)
             return
+
+        entry = {
+            "attempt": attempt_no,
+            "at": started_at.isoformat(),
+            "trigger": attempt_trigger,
+            "outcome": outcome_name,
+            "status": result.status,
+            "duration_ms": result.duration_ms,
+            "error_class": result.error_class,
+            "error": error_text,
+        }
+        history.setdefault("attempts", []).append(entry)
+        history["attempts"] = history["attempts"][-MAX_HISTORY_ENTRIES:]
+        first_at = claim.first_attempt_at or started_at
+        history["first_attempt_at"] = history.get("first_attempt_at") or first_at.isoformat()
+        history["last_attempt_at"] = started_at.isoformat()
+        history["last_status"] = result.status
+        history["last_error_class"] = result.error_class
+        history["last_error"] = error_text
 
         if verdict == "retry":
             delay = self._retry_delay(attempt_no, result.retry_after)

@@ -11,6 +11,7 @@ rendered string is exactly what goes on the wire and what gets signed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
@@ -24,6 +25,8 @@ from postback_core.macros import MACRO_NAMES, MACRO_PATTERN
 # "{...}" is left exactly as the publisher wrote it).
 _LITERAL_SAFE = "!#$%&'()*+,/:;=?@[]{}~-._"
 _TWO_PLACES = Decimal("0.01")
+# Values made only of unreserved characters need no encoding (most ids, codes, payouts).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 def format_payout(payout: Decimal) -> str:
@@ -90,5 +93,5 @@ def render_postback_url(template: str, values: Mapping[str, str | None]) -> str:
         else:
             value = values.get(piece)
             if value:
-                out.append(quote(value, safe=""))
+                out.append(value if _UNRESERVED.fullmatch(value) else quote(value, safe=""))
     return "".join(out)
