@@ -54,6 +54,8 @@ RENEW_EVERY_SECONDS = 10.0
 # A released node stays unusable this long, so a successor whose clock is a bit
 # behind ours can't re-issue the ids of our last milliseconds.
 RELEASE_COOLDOWN_SECONDS = 5.0
+# Stop issuing ids this long before the lease could have expired in the database.
+LEASE_SAFETY_MARGIN_SECONDS = 10.0
 
 
 def click_id_ms(click_id: int) -> int:
@@ -211,7 +213,17 @@ class NodeLease:
         self.holder = holder_name()
         self.node: int | None = None
         self.generator: ClickIdGenerator | None = None
+        # Monotonic deadline after which our lease may have expired in the
+        # database (we couldn't renew it): ids must not be issued past it, or
+        # another process that took the node could issue the same ones.
+        self.valid_until = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    def is_valid(self) -> bool:
+        return time.monotonic() < self.valid_until
+
+    def _renewed_at(self, monotonic: float) -> None:
+        self.valid_until = monotonic + LEASE_SECONDS - LEASE_SAFETY_MARGIN_SECONDS
 
     async def start(self) -> ClickIdGenerator:
         key = await repository.cluster_secret(self.pool, KEY_NAME, os.urandom(KEY_BYTES))
@@ -222,8 +234,10 @@ class NodeLease:
 
     async def _lease(self) -> int:
         for _ in range(20):
+            asked_at = time.monotonic()
             node = await repository.lease_id_node(self.pool, self.holder, MAX_NODE, LEASE_SECONDS)
             if node is not None:
+                self._renewed_at(asked_at)
                 self.node = node
                 log.info("leased click-id node %d as %s", node, self.holder)
                 return node
@@ -234,10 +248,13 @@ class NodeLease:
             await asyncio.sleep(RENEW_EVERY_SECONDS)
             try:
                 assert self.node is not None
+                asked_at = time.monotonic()
                 kept = await repository.renew_id_node(
                     self.pool, self.node, self.holder, LEASE_SECONDS
                 )
-                if not kept:
+                if kept:
+                    self._renewed_at(asked_at)
+                else:
                     log.error("click-id node %d lease was lost; leasing a new node", self.node)
                     node = await self._lease()
                     if self.generator is not None:

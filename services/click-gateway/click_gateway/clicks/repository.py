@@ -37,6 +37,11 @@ CLICK_COLUMNS: tuple[str, ...] = (
 
 Executor = asyncpg.Pool | asyncpg.Connection
 
+# A write or lease call that takes longer than this is treated as failed (and
+# retried) rather than left hanging on a half-dead connection.
+STATEMENT_TIMEOUT_SECONDS = 30.0
+LEASE_TIMEOUT_SECONDS = 5.0
+
 # PostgreSQL's binary ``inet`` datum: family, prefix bits, is_cidr, length, address.
 _INET4_HEADER = bytes((2, 32, 0, 4))
 _INET6_HEADER = bytes((3, 128, 0, 16))
@@ -127,6 +132,7 @@ async def renew_id_node(db: Executor, node: int, holder: str, seconds: float) ->
         node,
         holder,
         seconds,
+        timeout=LEASE_TIMEOUT_SECONDS,
     )
     return renewed is not None
 
@@ -197,7 +203,9 @@ async def load_catalog(db: Executor) -> list[asyncpg.Record]:
 
 async def copy_clicks(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """The fast path: one COPY of the whole batch."""
-    await conn.copy_records_to_table("clicks", records=rows, columns=CLICK_COLUMNS)
+    await conn.copy_records_to_table(
+        "clicks", records=rows, columns=CLICK_COLUMNS, timeout=STATEMENT_TIMEOUT_SECONDS
+    )
 
 
 async def insert_clicks_skipping_existing(
@@ -212,7 +220,12 @@ async def insert_clicks_skipping_existing(
         await conn.execute(
             "CREATE TEMP TABLE clicks_incoming (LIKE clicks INCLUDING DEFAULTS) ON COMMIT DROP"
         )
-        await conn.copy_records_to_table("clicks_incoming", records=rows, columns=CLICK_COLUMNS)
+        await conn.copy_records_to_table(
+            "clicks_incoming",
+            records=rows,
+            columns=CLICK_COLUMNS,
+            timeout=STATEMENT_TIMEOUT_SECONDS,
+        )
         columns = ", ".join(CLICK_COLUMNS)
         await conn.execute(
             f"INSERT INTO clicks ({columns}) SELECT {columns} FROM clicks_incoming "  # noqa: S608

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -198,6 +199,7 @@ class ClickService:
         self.lease: NodeLease | None = None
         self.ids: ClickIdGenerator | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
 
     # --- lifecycle --------------------------------------------------------------------
@@ -207,6 +209,7 @@ class ClickService:
         await self._maintain_partitions()
         self.lease = NodeLease(self.pool)
         self.ids = await self.lease.start()
+        self._lease_is_valid = self.lease.is_valid
         self.cache = CatalogCache(self.pool, self.settings.cache_refresh_seconds)
         await self.cache.start()
         await self.buffer.start()
@@ -302,7 +305,7 @@ class ClickService:
         else:
             template = offer.url
             offer_id = offer.id
-        if not self.buffer.has_room():
+        if not self.buffer.has_room() or not self._lease_is_valid():
             await self._send_page(send, BUSY_PAGE, method)
             return
 
