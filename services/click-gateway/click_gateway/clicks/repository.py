@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -35,7 +35,7 @@ CLICK_COLUMNS: tuple[str, ...] = (
     "method",
 )
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 # A write or lease call that takes longer than this is treated as failed (and
 # retried) rather than left hanging on a half-dead connection.
