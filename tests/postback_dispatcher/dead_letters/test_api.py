@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from postback_core.db.base import unit_of_work
-from postback_core.db.models import DeadLetter
+from postback_core.db.models import DeadLetter, Delivery, DeliveryAttempt
 from postback_core.topology import HEADER_ATTEMPT, HEADER_SEQUENCE, HEADER_TRIGGER
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 from tests.postback_dispatcher.portal_fixtures import (
@@ -21,6 +21,7 @@ from tests.postback_dispatcher.portal_fixtures import (
     insert_dead_letter,
 )
 from tests.support.polling import wait_for
+from tests.support.servers import Receiver
 
 Db = async_sessionmaker[AsyncSession]
 
@@ -323,10 +324,8 @@ async def _count_at_least(tap: EventTap, n: int) -> bool:
     return len(await tap.drain()) >= n
 
 
-async def test_bulk_replay_runs_in_batches_and_honours_limit(db: Db) -> None:
+async def test_bulk_replay_runs_in_batches_and_honours_limit(db: Db, amqp_url: str) -> None:
     """Bounded batches: a small batch size still replays everything, oldest first."""
-    import os
-
     from postback_dispatcher.dead_letters import service
     from postback_dispatcher.dead_letters.publisher import ReplayPublisher
 
@@ -338,7 +337,7 @@ async def test_bulk_replay_runs_in_batches_and_honours_limit(db: Db) -> None:
         )
         for i in range(5)
     ]
-    replayer = ReplayPublisher(os.environ["AMQP_URL"], (0.2,))
+    replayer = ReplayPublisher(amqp_url, (0.2,))
     try:
         filters = DeadLetterFilters(publisher_id=publisher.id)
         first = await service.replay_matching(db, replayer, filters, limit=2, batch_size=1)
@@ -422,3 +421,42 @@ async def test_stats_give_count_and_payout_at_risk_per_publisher_oldest_first(
     assert order.index(oldest.id) < order.index(recent.id)
     assert body["total_count"] >= 3
     assert Decimal(body["total_payout_at_risk"]) >= Decimal("3.25")
+
+
+async def test_a_replay_is_delivered_once_as_one_new_delivery_sequence(
+    api: httpx.AsyncClient, db: Db, admin_headers: dict[str, str], receiver: Receiver
+) -> None:
+    """End to end through the real consumer: the fixed URL gets exactly one postback."""
+    publisher = await create_publisher(
+        db, url_template=f"{receiver.base_url}/fixed?cid={{external_id}}&p={{payout}}"
+    )
+    row = await insert_dead_letter(
+        db, publisher_id=publisher.id, payout="2.50", external_id="ext-once"
+    )
+
+    response = await api.post(f"/api/v1/dead-letters/{row.id}/replay", headers=admin_headers)
+    assert response.status_code == 202
+
+    async def delivered() -> Delivery | None:
+        async with db() as session:
+            found = await session.get(Delivery, row.conversion_id)
+            if found is not None:
+                await session.refresh(found)
+            return found if found is not None and found.status == "delivered" else None
+
+    delivery = await wait_for(delivered, timeout=15, message="the replayed postback delivered")
+    assert delivery.sequence == 1
+    assert [r.query for r in receiver.matching("/fixed")] == [{"cid": "ext-once", "p": "2.50"}]
+    async with db() as session:
+        replays = (
+            await session.scalars(
+                select(DeliveryAttempt).where(
+                    DeliveryAttempt.conversion_id == row.conversion_id,
+                    DeliveryAttempt.trigger == "replay",
+                )
+            )
+        ).all()
+    assert [(a.sequence, a.attempt_no, a.outcome) for a in replays] == [(1, 1, "delivered")]
+    detail = await api.get(f"/api/v1/dead-letters/{row.id}", headers=admin_headers)
+    assert detail.json()["state"] == "replayed"
+    assert detail.json()["attempt_history"][-1]["trigger"] == "replay"
