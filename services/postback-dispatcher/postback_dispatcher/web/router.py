@@ -23,3 +23,8 @@ def install(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
         return RedirectResponse("/portal/postback", status_code=303)
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_home() -> RedirectResponse:
+        """The README's address for the operator pages."""
+        return RedirectResponse("/operator/dead-letters", status_code=303)
