@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 import httpx
 
+from postback_dispatcher.archive import dead_letter_record
 from tests.postback_dispatcher.conftest import (
     create_publisher_with_settings,
+    dead_letter_row,
     delivery_row,
     fresh_vhost,
     make_event,
@@ -142,3 +144,34 @@ async def test_graceful_stop_finishes_in_flight_and_loses_nothing(
         )  # each exactly once
         row = await delivery_row(pg, events[-1].conversion_id)
         assert row is not None and row["attempts"] == 1
+
+
+async def test_guard_on_dead_letters_private_targets_without_a_request(
+    database_url: str, pg: asyncpg.Pool, receiver: Receiver
+) -> None:
+    publisher_id = await create_publisher_with_settings(pg, receiver.base_url + "/internal")
+    event = make_event(publisher_id)
+    async with (
+        fresh_vhost() as amqp_url,
+        running_dispatcher(database_url, amqp_url, POSTBACK_ALLOW_PRIVATE_TARGETS=False),
+    ):
+        await publish_many(amqp_url, [event])
+        dead = await wait_for(lambda: dead_letter_row(pg, str(event.event_id)))
+    assert dead["reason"] == "ssrf_blocked" and dead["attempts"] == 1
+    assert receiver.requests == []
+    (attempt,) = await pg.fetch(
+        "SELECT * FROM delivery_attempts WHERE conversion_id = $1", event.conversion_id
+    )
+    assert attempt["error_class"] == "SSRFBlocked" and attempt["outcome"] == "dead"
+
+
+def test_broker_dead_lettered_messages_are_archived_with_their_reason() -> None:
+    """What the quorum queue's delivery limit produces: no dispatcher headers at all."""
+    event = make_event(1)
+    record = dead_letter_record(
+        event.to_json(), {"x-first-death-reason": "delivery_limit", "x-delivery-count": 50}
+    )
+    assert record.reason == "delivery_limit"
+    assert record.event_key == str(event.event_id) and record.sequence == 0
+    poison = dead_letter_record(b"\x00garbage", {})
+    assert poison.event_key.startswith("sha256:") and poison.event_id is None
