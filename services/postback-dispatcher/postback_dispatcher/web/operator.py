@@ -324,11 +324,11 @@ async def bulk(request: Request, runtime: Runtime) -> Response:
         expected = int(form.get("expected_count", "0"))
     except ValueError:
         expected = 0
+    if expected <= 0:
+        return _back_to_list(back, error="Nothing was confirmed, so nothing was replayed.")
+    # At most what the operator saw in the dry run, even if more dead-lettered since.
     outcome = await dl_service.replay_matching(
-        runtime.sessionmaker,
-        replay_publisher(request),
-        filters.to_filters(),
-        limit=max(expected, 1),
+        runtime.sessionmaker, replay_publisher(request), filters.to_filters(), limit=expected
     )
     if outcome.failed:
         return _back_to_list(
