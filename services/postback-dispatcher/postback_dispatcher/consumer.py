@@ -31,11 +31,9 @@ import asyncpg
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustConnection,
-    ConsumerTag,
 )
+from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError, ConversionEvent, decode_conversion_event
 from postback_core.db.base import asyncpg_dsn
@@ -62,7 +60,7 @@ from postback_dispatcher.archive import (
     header_text,
 )
 from postback_dispatcher.attempt_log import AttemptLogWriter
-from postback_dispatcher.batching import AckBatcher, ClaimBatcher
+from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
 from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
 from postback_dispatcher.broker import ConfirmedPublisher
 from postback_dispatcher.rendering import macro_values, render_postback_url
@@ -182,8 +180,8 @@ class PostbackConsumer:
         self.metrics = Metrics()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: ConsumerTag | None = None
+        self._consumer_tag: str | None = None
+        self._work_queue = ""
         self._pool: asyncpg.Pool | None = None
         self._log: AttemptLogWriter | None = None
         self._cache: PostbackSettingsCache | None = None
@@ -228,8 +226,10 @@ class PostbackConsumer:
         await self._archiver.start(self._connection)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.concurrency)
-        self._queue = await self._channel.get_queue(topology.work_queue.name, ensure=False)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._work_queue = topology.work_queue.name
+        await self._subscribe()
+        # After a reconnect the robust channel restores its QoS; we re-subscribe.
+        self._channel.reopen_callbacks.add(self._resubscribe)
         log.info(
             "dispatcher consuming: concurrency=%d retry_delays=%s max_attempts=%d",
             self.settings.concurrency,
@@ -243,9 +243,10 @@ class PostbackConsumer:
         Whatever is still unacked when the connection closes returns to the queue.
         """
         self._stopping = True
-        if self._queue is not None and self._consumer_tag is not None:
+        if self._channel is not None and self._consumer_tag is not None:
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+                raw = await self._channel.get_underlay_channel()
+                await raw.basic_cancel(self._consumer_tag)
         self._consumer_tag = None
         if self._tasks:
             _done, pending = await asyncio.wait(
@@ -269,20 +270,35 @@ class PostbackConsumer:
             await self._pool.close()
             self._pool = None
 
+    async def _subscribe(self) -> None:
+        assert self._channel is not None
+        raw = await self._channel.get_underlay_channel()
+        ok = await raw.basic_consume(self._work_queue, self._on_delivery)
+        self._consumer_tag = ok.consumer_tag
+
+    async def _resubscribe(self, *_args: Any) -> None:
+        if not self._stopping:
+            await self._subscribe()
+            log.info("re-subscribed to %s after a reconnect", self._work_queue)
+
     # -- per message ---------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, raw: DeliveredMessage) -> None:
+        # aiormq runs each delivery in its own task.
+        await self._on_message(Delivery(raw))
+
+    async def _on_message(self, message: Delivery) -> None:
         # aio-pika already runs each delivery in its own task; track it for the stop.
         self._acks.received(message)
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await self._handle(message)
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: Delivery) -> None:
         try:
             await self._process(message)
         except asyncio.CancelledError:
@@ -295,7 +311,7 @@ class PostbackConsumer:
                 await message.nack(requeue=True)
                 self._acks.settled(message)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: Delivery) -> None:
         assert self._pool is not None and self._cache is not None and self._log is not None
         headers: Mapping[str, Any] = message.headers or {}
         try:
@@ -520,7 +536,7 @@ class PostbackConsumer:
 
     async def _publish_dead(
         self,
-        message: AbstractIncomingMessage,
+        message: Delivery,
         headers: Mapping[str, Any],
         reason: str,
         history: dict[str, Any],
@@ -537,7 +553,7 @@ class PostbackConsumer:
 
     async def _skip(
         self,
-        message: AbstractIncomingMessage,
+        message: Delivery,
         event: ConversionEvent,
         sequence: int,
         trigger: str,
