@@ -139,10 +139,10 @@ def _utc(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def _when(value: str | None) -> str:
+def _when(value: str | None, *, short: bool = False) -> str:
     if not value:
         return "—"
-    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromisoformat(value).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def _money(value: str | None) -> str:
@@ -182,28 +182,33 @@ def list_dead_letters(
     if api.as_json:
         api.emit_json({"items": items, "next_cursor": next_cursor})
         return
-    table = Table(title=f"Dead letters ({len(items)})", expand=False, show_lines=False)
+    # Narrow terminals drop the free-text column rather than squeezing every column.
+    wide = api.out.width >= 110
+    table = Table(title=f"Dead letters ({len(items)})", expand=False)
     table.add_column("ID", justify="right", no_wrap=True)
-    table.add_column("Dead at", no_wrap=True)
+    table.add_column("Dead at (UTC)", no_wrap=True)
     table.add_column("Pub", justify="right", no_wrap=True)
     table.add_column("Offer", justify="right", no_wrap=True)
     table.add_column("Payout", justify="right", no_wrap=True)
     table.add_column("Status", justify="right", no_wrap=True)
     table.add_column("Tries", justify="right", no_wrap=True)
     table.add_column("Reason", no_wrap=True)
-    table.add_column("Last error", overflow="ellipsis", max_width=40)
+    if wide:
+        table.add_column("Last error", overflow="ellipsis", no_wrap=True, max_width=40)
     for item in items:
-        table.add_row(
+        cells = [
             str(item["id"]),
-            _when(item["dead_at"]),
+            _when(item["dead_at"], short=not wide),
             str(item["publisher_id"] or "—"),
             str(item["offer_id"] or "—"),
             _money(item["payout"]),
             str(item["last_status"] or "—"),
             str(item["attempts"]),
             item["reason"],
-            _short(item["last_error"]),
-        )
+        ]
+        if wide:
+            cells.append(_short(item["last_error"]))
+        table.add_row(*cells)
     api.out.print(table)
     if next_cursor:
         api.out.print(f"more: --cursor {next_cursor}", highlight=False)

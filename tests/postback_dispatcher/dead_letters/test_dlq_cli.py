@@ -28,14 +28,14 @@ from tests.support.servers import free_port
 Db = async_sessionmaker[AsyncSession]
 
 
-async def dlq(url: str, *args: str, input: str | None = None) -> Result:
+async def dlq(url: str, *args: str, input: str | None = None, columns: int = 160) -> Result:
     runner = CliRunner()
     return await asyncio.to_thread(
         runner.invoke,
         cli,
         ["dlq", "--url", url, *args],
         input=input,
-        env={"COLUMNS": "160"},
+        env={"COLUMNS": str(columns)},
     )
 
 
@@ -187,3 +187,13 @@ async def test_failures_exit_non_zero(portal_url: str) -> None:
     )
     assert wrong_token.exit_code == 1
     assert "401" in wrong_token.output
+
+
+async def test_tables_fit_an_80_column_terminal(portal_url: str, db: Db) -> None:
+    publisher = await create_publisher(db)
+    row = await insert_dead_letter(db, publisher_id=publisher.id, attempts=2)
+    for args in (("list", "-p", str(publisher.id)), ("show", str(row.id)), ("stats",)):
+        result = await dlq(portal_url, *args, columns=80)
+        assert result.exit_code == 0, result.output
+        widest = max(len(line) for line in result.output.splitlines())
+        assert widest <= 80, result.output
