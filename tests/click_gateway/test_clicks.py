@@ -7,6 +7,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -581,3 +582,30 @@ async def test_find_click_sees_buffered_clicks_and_clicks_of_other_processes(
         started = time.monotonic()
         assert await clicks.find_click(other_process.next_id()) is None
         assert time.monotonic() - started < 2.5
+
+
+async def test_start_prepares_daily_partitions_and_drops_expired_ones(
+    database_url: str, amqp_url: str, db: asyncpg.Pool
+) -> None:
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS clicks_20200101 PARTITION OF clicks "
+        "FOR VALUES FROM ('2020-01-01 00:00+00') TO ('2020-01-02 00:00+00')"
+    )
+    settings = GatewaySettings(
+        DATABASE_URL=database_url, AMQP_URL=amqp_url, CLICK_RETENTION_DAYS=30
+    )
+    async with serve_asgi(create_app(settings)):
+        pass
+
+    partitions = {
+        r["relname"]
+        for r in await db.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'clicks'::regclass"
+        )
+    }
+    today = datetime.now(UTC).date()
+    expected = {f"clicks_{today + timedelta(days=d):%Y%m%d}" for d in range(-1, 4)}
+    assert expected <= partitions
+    assert "clicks_20200101" not in partitions
+    assert "clicks_default" in partitions
