@@ -15,6 +15,7 @@ import pytest
 from postback_core.contracts import decode_conversion_event
 from postback_core.db.base import asyncpg_dsn
 from tests.factories import (
+    ADMIN_HEADERS,
     create_advertiser,
     create_click,
     create_offer,
@@ -457,3 +458,22 @@ async def test_twenty_concurrent_duplicates_make_one_conversion_and_one_event(
         message="outbox row marked published",
     )
     assert len(observer.for_conversion(conversion_id)) == 1
+
+
+async def test_default_payout_follows_an_offer_change(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    headers = {"X-Api-Key": setup.advertiser_key}
+    before = await gateway.post(
+        "/api/v1/conversions", json={"click_id": await _click(database_url, setup)}, headers=headers
+    )
+    assert before.json()["payout"] == "0.7500"
+    patched = await gateway.patch(
+        f"/api/v1/offers/{setup.offer_id}", json={"payout": "1.1"}, headers=ADMIN_HEADERS
+    )
+    assert patched.status_code == 200
+    after = await gateway.post(
+        "/api/v1/conversions", json={"click_id": await _click(database_url, setup)}, headers=headers
+    )
+    assert after.status_code == 201
+    assert after.json()["payout"] == "1.1000"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,15 +31,18 @@ class AdvertiserRepository:
         )
         return found is not None
 
-    async def active_id_by_key_hash(self, api_key_hash: str) -> int | None:
-        return await self.session.scalar(
-            select(Advertiser.id).where(
-                Advertiser.api_key_hash == api_key_hash, Advertiser.is_active.is_(True)
-            )
-        )
-
     async def list_after(self, after_id: int, limit: int) -> Sequence[Advertiser]:
         result = await self.session.scalars(
             select(Advertiser).where(Advertiser.id > after_id).order_by(Advertiser.id).limit(limit)
         )
         return result.all()
+
+
+async def active_advertiser_id_by_key_hash(
+    db: asyncpg.Pool | asyncpg.Connection, api_key_hash: str
+) -> int | None:
+    """Raw asyncpg: used on the conversion hot path, outside any ORM session."""
+    advertiser_id: int | None = await db.fetchval(
+        "SELECT id FROM advertisers WHERE api_key_hash = $1 AND is_active", api_key_hash
+    )
+    return advertiser_id

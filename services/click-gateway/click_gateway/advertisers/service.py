@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from click_gateway.advertisers.repository import AdvertiserRepository
+from click_gateway.advertisers.repository import (
+    AdvertiserRepository,
+    active_advertiser_id_by_key_hash,
+)
 from click_gateway.advertisers.schemas import AdvertiserCreate, AdvertiserCreated, AdvertiserRead
 from click_gateway.pagination import Page, PageParams, is_storable_id
 from postback_core.security import generate_api_key, hash_api_key
@@ -65,7 +69,9 @@ class AdvertiserKeyCache:
         self.max_entries = max_entries
         self._entries: dict[str, tuple[int, float]] = {}
 
-    async def advertiser_id(self, session: AsyncSession, api_key: str | None) -> int | None:
+    async def advertiser_id(
+        self, db: asyncpg.Pool | asyncpg.Connection, api_key: str | None
+    ) -> int | None:
         if not api_key or len(api_key) > MAX_API_KEY_LENGTH:
             return None
         key_hash = hash_api_key(api_key)
@@ -73,7 +79,7 @@ class AdvertiserKeyCache:
         cached = self._entries.get(key_hash)
         if cached is not None and cached[1] > now:
             return cached[0]
-        advertiser_id = await AdvertiserRepository(session).active_id_by_key_hash(key_hash)
+        advertiser_id = await active_advertiser_id_by_key_hash(db, key_hash)
         if advertiser_id is None:
             self._entries.pop(key_hash, None)
             return None

@@ -2,67 +2,97 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import status as http_status
 from pydantic import TypeAdapter, ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache
-from click_gateway.conversions import service
 from click_gateway.conversions.schemas import (
     MAX_TXID_LENGTH,
     ClickId,
     ConversionCreate,
     ConversionRead,
 )
-from click_gateway.deps import Runtime, Session
+from click_gateway.conversions.service import ConversionRecorder, ConversionRefused
+from click_gateway.deps import Runtime
 from click_gateway.offers.schemas import PayoutAmount
 
-router = APIRouter(prefix="/api/v1/conversions", tags=["conversions"])
+
+@asynccontextmanager
+async def _recorder_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    recorder: ConversionRecorder = app.state.conversion_recorder
+    await recorder.start()
+    try:
+        yield
+    finally:
+        await recorder.stop()
+
+
+router = APIRouter(prefix="/api/v1/conversions", tags=["conversions"], lifespan=_recorder_lifespan)
+
+
+def install(api: FastAPI) -> None:
+    """One recorder (pool + caches) and one API-key cache per process."""
+    settings = api.state.runtime.settings
+    api.state.conversion_recorder = ConversionRecorder(
+        settings.database_url, Decimal(settings.max_payout), pool_size=settings.db_pool_size
+    )
+    api.state.advertiser_key_cache = AdvertiserKeyCache()
+    api.include_router(router)
+
 
 _payout_adapter: TypeAdapter[Decimal] = TypeAdapter(PayoutAmount)
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Already recorded (same click_id and txid): the stored conversion"},
     401: {"description": "Missing or unknown API key"},
     403: {"description": "The click's offer belongs to another advertiser"},
     404: {"description": "Unknown click"},
 }
 
 
-def key_cache(request: Request) -> AdvertiserKeyCache:
+def get_recorder(request: Request) -> ConversionRecorder:
+    recorder: ConversionRecorder = request.app.state.conversion_recorder
+    return recorder
+
+
+Recorder = Annotated[ConversionRecorder, Depends(get_recorder)]
+
+
+async def _authenticate(request: Request, recorder: ConversionRecorder, api_key: str | None) -> int:
     cache: AdvertiserKeyCache = request.app.state.advertiser_key_cache
-    return cache
-
-
-async def _authenticate(api_key: str | None, session: Session, cache: AdvertiserKeyCache) -> int:
-    advertiser_id = await cache.advertiser_id(session, api_key)
+    advertiser_id = await cache.advertiser_id(recorder.pool, api_key)
     if advertiser_id is None:
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
+            http_status.HTTP_401_UNAUTHORIZED,
             "a valid advertiser API key is required (X-Api-Key header, or key= for s2s)",
         )
     return advertiser_id
 
 
 async def advertiser_from_header(
-    session: Session,
-    cache: Annotated[AdvertiserKeyCache, Depends(key_cache)],
+    request: Request,
+    recorder: Recorder,
     x_api_key: Annotated[str | None, Header(alias="X-Api-Key")] = None,
 ) -> int:
-    return await _authenticate(x_api_key, session, cache)
+    return await _authenticate(request, recorder, x_api_key)
 
 
 async def advertiser_from_query(
-    session: Session,
-    cache: Annotated[AdvertiserKeyCache, Depends(key_cache)],
+    request: Request,
+    recorder: Recorder,
     key: Annotated[str | None, Query(description="Your advertiser API key.")] = None,
 ) -> int:
-    return await _authenticate(key, session, cache)
+    return await _authenticate(request, recorder, key)
 
 
 async def _record(
     response: Response,
-    session: Session,
+    recorder: ConversionRecorder,
     runtime: Runtime,
     advertiser_id: int,
     click_id: int,
@@ -70,47 +100,39 @@ async def _record(
     txid: str | None,
 ) -> ConversionRead:
     try:
-        result = await service.record_conversion(
-            session,
+        result = await recorder.record(
             runtime.clicks,
             advertiser_id=advertiser_id,
             click_id=click_id,
             payout=payout,
             txid=txid,
-            max_payout=Decimal(runtime.settings.max_payout),
         )
-    except service.ConversionRefused as exc:
+    except ConversionRefused as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
-    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    response.status_code = (
+        http_status.HTTP_201_CREATED if result.created else http_status.HTTP_200_OK
+    )
     return result.conversion
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Already recorded (same click_id and txid)"}, **_ERRORS},
-)
+@router.post("", status_code=http_status.HTTP_201_CREATED, responses=_ERRORS)
 async def report_conversion(
     data: ConversionCreate,
     response: Response,
-    session: Session,
+    recorder: Recorder,
     runtime: Runtime,
     advertiser_id: Annotated[int, Depends(advertiser_from_header)],
 ) -> ConversionRead:
     """201 when new; 200 with the stored conversion when (click_id, txid) was already reported."""
     return await _record(
-        response, session, runtime, advertiser_id, data.click_id, data.payout, data.txid
+        response, recorder, runtime, advertiser_id, data.click_id, data.payout, data.txid
     )
 
 
-@router.get(
-    "/s2s",
-    status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Already recorded (same click_id and txid)"}, **_ERRORS},
-)
+@router.get("/s2s", status_code=http_status.HTTP_201_CREATED, responses=_ERRORS)
 async def report_conversion_s2s(
     response: Response,
-    session: Session,
+    recorder: Recorder,
     runtime: Runtime,
     advertiser_id: Annotated[int, Depends(advertiser_from_query)],
     click_id: Annotated[ClickId, Query()],
@@ -125,6 +147,6 @@ async def report_conversion_s2s(
         except ValidationError as exc:
             problems = "; ".join(err["msg"] for err in exc.errors())
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid payout {payout!r}: {problems}"
+                http_status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid payout {payout!r}: {problems}"
             ) from None
-    return await _record(response, session, runtime, advertiser_id, click_id, amount, txid)
+    return await _record(response, recorder, runtime, advertiser_id, click_id, amount, txid)

@@ -1,20 +1,35 @@
-"""Recording a conversion and queueing its event, atomically and idempotently."""
+"""Recording a conversion and queueing its event, atomically and idempotently.
+
+Latency matters here (the postback chain's clock starts at this request), so
+the path is two database round trips: find the click, then one statement that
+writes the conversion and its outbox event. Advertiser keys and offer terms
+come from short-lived in-process caches; conversion ids are reserved from the
+identity sequence in blocks, so the event can be complete before the insert.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncpg
 
 from click_gateway.clicks.service import ClickRecord, ClickService
-from click_gateway.conversions.repository import ConversionRepository, StoredConversion
+from click_gateway.conversions import repository
+from click_gateway.conversions.repository import NewConversion, OfferTerms, StoredConversion
 from click_gateway.conversions.schemas import ConversionRead
-from click_gateway.outbox.repository import add_message
 from postback_core.contracts import CONVERSION_CREATED, ConversionEvent, SubIds
+from postback_core.db.base import asyncpg_dsn
 from postback_core.topology import EVENTS_EXCHANGE
 
+APPROVED = "approved"
+MONEY_QUANTUM = Decimal("0.0001")  # the column's scale
+ID_BLOCK_SIZE = 50
+OFFER_TERMS_TTL_SECONDS = 2.0
 # A conversion that vanished between our failed insert and our read (nothing
 # deletes conversions today) is retried this many times before giving up.
 INSERT_ATTEMPTS = 3
@@ -35,7 +50,7 @@ class ConversionResult:
     created: bool
 
 
-def _read(stored: StoredConversion) -> ConversionRead:
+def _read(stored: StoredConversion | NewConversion) -> ConversionRead:
     return ConversionRead(
         conversion_id=stored.id,
         click_id=stored.click_id,
@@ -46,25 +61,19 @@ def _read(stored: StoredConversion) -> ConversionRead:
     )
 
 
-def build_event(
-    *,
-    event_id: uuid.UUID,
-    stored: StoredConversion,
-    click: ClickRecord,
-    advertiser_id: int,
-) -> ConversionEvent:
+def build_event(conversion: NewConversion, click: ClickRecord) -> ConversionEvent:
     """Everything the dispatcher needs to render any macro, without reading clicks."""
     return ConversionEvent(
-        event_id=event_id,
-        conversion_id=stored.id,
+        event_id=conversion.event_id,
+        conversion_id=conversion.id,
         click_id=click.click_id,
         external_id=click.external_id,
         publisher_id=click.publisher_id,
         smartlink_id=click.smartlink_id,
         offer_id=click.offer_id,
-        advertiser_id=advertiser_id,
-        payout=stored.payout,
-        txid=stored.txid or None,
+        advertiser_id=conversion.advertiser_id,
+        payout=conversion.payout,
+        txid=conversion.txid or None,
         country=click.country,
         ip=click.ip,
         os=click.os,
@@ -72,61 +81,114 @@ def build_event(
         sub_ids=SubIds(
             sub1=click.sub1, sub2=click.sub2, sub3=click.sub3, sub4=click.sub4, sub5=click.sub5
         ),
-        occurred_at=stored.created_at,
+        occurred_at=conversion.created_at,
     )
 
 
-async def record_conversion(
-    session: AsyncSession,
-    clicks: ClickService,
-    *,
-    advertiser_id: int,
-    click_id: int,
-    payout: Decimal | None,
-    txid: str | None,
-    max_payout: Decimal,
-) -> ConversionResult:
-    """Store the conversion and its outbox event in the caller's transaction.
+class ConversionRecorder:
+    """Owns the conversion path's connection pool and its small caches (one per process)."""
 
-    Raises ``ConversionRefused`` (404 unknown click, 403 another advertiser's
-    click, 422 payout above the cap). A repeat of (click_id, txid) returns the
-    stored conversion with ``created=False`` and queues nothing.
-    """
-    if payout is not None and payout > max_payout:
-        raise ConversionRefused(422, f"payout must be at most {max_payout}")
-    click = await clicks.find_click(click_id)
-    if click is None:
-        raise ConversionRefused(404, f"click {click_id} not found")
-    repository = ConversionRepository(session)
-    terms = await repository.offer_terms(click.offer_id) if click.offer_id is not None else None
-    if terms is None or terms.advertiser_id != advertiser_id:
-        raise ConversionRefused(403, f"click {click_id} was not sent to one of your offers")
-    txid = txid or ""
-    for _ in range(INSERT_ATTEMPTS):
-        event_id = uuid.uuid4()
-        stored = await repository.insert_if_new(
-            click_id=click_id,
-            txid=txid,
-            event_id=event_id,
-            advertiser_id=advertiser_id,
-            publisher_id=click.publisher_id,
-            offer_id=click.offer_id,
-            smartlink_id=click.smartlink_id,
-            payout=payout if payout is not None else terms.payout,
-        )
-        if stored is not None:
-            event = build_event(
-                event_id=event_id, stored=stored, click=click, advertiser_id=advertiser_id
+    def __init__(self, database_url: str, max_payout: Decimal, pool_size: int = 10) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.max_payout = max_payout
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._ids: list[int] = []
+        self._ids_lock = asyncio.Lock()
+        self._offer_terms: dict[int, tuple[OfferTerms, float]] = {}
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the conversion recorder is not started")
+        return self._pool
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                server_settings={"application_name": "click-gateway-conversions"},
             )
-            await add_message(
-                session,
-                event_id=event_id,
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def forget_offer(self, offer_id: int) -> None:
+        """An offer changed in this process: don't wait for the TTL."""
+        self._offer_terms.pop(offer_id, None)
+
+    async def _terms(self, offer_id: int) -> OfferTerms | None:
+        cached = self._offer_terms.get(offer_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        terms = await repository.offer_terms(self.pool, offer_id)
+        if terms is not None:
+            if len(self._offer_terms) > 100_000:
+                self._offer_terms.clear()
+            self._offer_terms[offer_id] = (terms, now + OFFER_TERMS_TTL_SECONDS)
+        return terms
+
+    async def _next_id(self) -> int:
+        async with self._ids_lock:
+            if not self._ids:
+                self._ids = list(reversed(await repository.reserve_ids(self.pool, ID_BLOCK_SIZE)))
+            return self._ids.pop()
+
+    async def record(
+        self,
+        clicks: ClickService,
+        *,
+        advertiser_id: int,
+        click_id: int,
+        payout: Decimal | None,
+        txid: str | None,
+    ) -> ConversionResult:
+        """Store the conversion and its outbox event in one transaction.
+
+        Raises ``ConversionRefused`` (404 unknown click, 403 another
+        advertiser's click, 422 payout above the cap). A repeat of
+        (click_id, txid) returns the stored conversion with ``created=False``
+        and queues nothing.
+        """
+        if payout is not None and payout > self.max_payout:
+            raise ConversionRefused(422, f"payout must be at most {self.max_payout}")
+        click = await clicks.find_click(click_id)
+        if click is None:
+            raise ConversionRefused(404, f"click {click_id} not found")
+        terms = await self._terms(click.offer_id) if click.offer_id is not None else None
+        if terms is None or terms.advertiser_id != advertiser_id:
+            raise ConversionRefused(403, f"click {click_id} was not sent to one of your offers")
+        amount = (payout if payout is not None else terms.payout).quantize(MONEY_QUANTUM)
+        txid = txid or ""
+        for _ in range(INSERT_ATTEMPTS):
+            conversion = NewConversion(
+                id=await self._next_id(),
+                click_id=click_id,
+                txid=txid,
+                event_id=uuid.uuid4(),
+                advertiser_id=advertiser_id,
+                publisher_id=click.publisher_id,
+                offer_id=click.offer_id,
+                smartlink_id=click.smartlink_id,
+                payout=amount,
+                status=APPROVED,
+                created_at=datetime.now(UTC),
+            )
+            inserted = await repository.insert_with_event(
+                self.pool,
+                conversion,
                 exchange=EVENTS_EXCHANGE,
                 routing_key=CONVERSION_CREATED,
-                payload=event.to_json(),
+                payload=build_event(conversion, click).to_json(),
             )
-            return ConversionResult(_read(stored), created=True)
-        existing = await repository.get_by_click_and_txid(click_id, txid)
-        if existing is not None:
-            return ConversionResult(_read(existing), created=False)
-    raise ConversionRefused(409, "the conversion changed concurrently; retry")
+            if inserted:
+                return ConversionResult(_read(conversion), created=True)
+            existing = await repository.get_by_click_and_txid(self.pool, click_id, txid)
+            if existing is not None:
+                return ConversionResult(_read(existing), created=False)
+        raise ConversionRefused(409, "the conversion changed concurrently; retry")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from click_gateway.deps import AdminOnly, Runtime, Session
@@ -59,13 +59,16 @@ async def get_offer(offer_id: int, session: Session) -> OfferRead:
 
 @router.patch("/{offer_id}", response_model=OfferRead)
 async def update_offer(
-    offer_id: int, data: OfferUpdate, session: Session, runtime: Runtime
+    offer_id: int, data: OfferUpdate, request: Request, session: Session, runtime: Runtime
 ) -> OfferRead | JSONResponse:
     """Change targeting, weight, payout or is_active; the click cache picks it up."""
     try:
-        return await service.update_offer(
+        updated = await service.update_offer(
             session, offer_id, data, Decimal(runtime.settings.max_payout)
         )
+        # This process's conversions see a new payout at once (others within seconds).
+        request.app.state.conversion_recorder.forget_offer(offer_id)
+        return updated
     except service.OfferNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"offer {offer_id} not found") from None
     except OfferTemplateError as exc:
