@@ -12,12 +12,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeAlias
 
 import asyncpg
 
 IDEMPOTENCY_CONSTRAINT = "uq_conversions_click_id_txid"
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 @dataclass(frozen=True, slots=True)
