@@ -27,6 +27,7 @@ from click_gateway.clicks import repository
 from click_gateway.clicks.buffer import ClickBuffer, ClickRow
 from click_gateway.clicks.cache import CatalogCache
 from click_gateway.clicks.ids import (
+    LOW_BITS,
     ClickIdGenerator,
     NodeLease,
     click_created_at,
@@ -201,6 +202,8 @@ class ClickService:
         self._maintenance: asyncio.Task[None] | None = None
         self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
+        self._created_ms = -1
+        self._created_at = datetime.now(UTC)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -326,11 +329,16 @@ class ClickService:
                 *subs,
             )
         )
+        # Busy gateways issue several ids per millisecond: reuse the datetime.
+        ms = click_id >> LOW_BITS
+        if ms != self._created_ms:
+            self._created_ms = ms
+            self._created_at = click_created_at(click_id)
         self.buffer.add(
             click_id,
             (
                 click_id,
-                click_created_at(click_id),
+                self._created_at,
                 external_id,
                 smartlink.publisher_id,
                 smartlink.id,
