@@ -7,6 +7,8 @@ import re
 import httpx
 import pytest
 
+from click_gateway.app import create_app
+from click_gateway.settings import GatewaySettings
 from tests.factories import (
     ADMIN_HEADERS,
     create_offer,
@@ -14,6 +16,7 @@ from tests.factories import (
     create_smartlink,
     unique_name,
 )
+from tests.support.servers import serve_asgi
 
 H = ADMIN_HEADERS
 
@@ -173,3 +176,14 @@ async def test_list_smartlinks_by_publisher(gateway: httpx.AsyncClient) -> None:
     listed = await gateway.get(f"/api/v1/smartlinks?publisher_id={publisher['id']}", headers=H)
     assert listed.status_code == 200
     assert listed.json()["items"] == mine
+
+
+async def test_public_base_url_is_used_for_smartlink_urls(database_url: str, amqp_url: str) -> None:
+    settings = GatewaySettings(
+        DATABASE_URL=database_url, AMQP_URL=amqp_url, PUBLIC_BASE_URL="https://go.example.com/"
+    )
+    async with serve_asgi(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        link = await create_smartlink(client, code=unique_name("public"))
+        assert link["url"] == f"https://go.example.com/get/{link['code']}"
+        listed = await client.get(f"/api/v1/smartlinks/{link['id']}", headers=H)
+        assert listed.json()["url"] == link["url"]

@@ -284,3 +284,26 @@ async def test_conversions_are_accepted_while_the_broker_is_down_and_published_a
 async def _status(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response | None:
     response = await client.get(path)
     return response if response.status_code == status else None
+
+
+async def test_relay_survives_losing_its_database_connection(
+    isolated: Isolated, db: asyncpg.Connection
+) -> None:
+    routing_key = f"relaytest.{uuid.uuid4().hex}"
+    settings = GatewaySettings(DATABASE_URL=isolated.database_url, AMQP_URL=isolated.amqp_url)
+    async with (
+        observe_events(isolated.amqp_url, routing_key) as observer,
+        running_relay(settings),
+    ):
+        first = await _insert_events(db, routing_key, 1)
+        await wait_for(lambda: _value(len(observer.received) == 1), message="first event")
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'click-gateway-outbox-relay' AND datname = current_database()"
+        )
+        assert killed >= 1
+        second = await _insert_events(db, routing_key, 2)
+        await wait_for(
+            lambda: _value(len(observer.received) == 3), message="events after the reconnect"
+        )
+        assert {m.message_id for m in observer.received} == {str(e) for e in first + second}
