@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
@@ -26,6 +27,10 @@ from tests.factories import (
 from tests.support.amqp_observer import EventObserver, observe_events
 from tests.support.polling import wait_for
 
+ANDROID_UA = (
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Mobile Safari/537.36"
+)
 SUB_IDS = {"sub1": "campaign-7", "sub2": "blue", "sub5": "z"}
 
 
@@ -477,3 +482,49 @@ async def test_default_payout_follows_an_offer_change(
     )
     assert after.status_code == 201
     assert after.json()["payout"] == "1.1000"
+
+
+async def test_conversion_for_a_real_click_right_after_the_redirect(
+    gateway: httpx.AsyncClient, observer: EventObserver
+) -> None:
+    """The click may still be in the gateway's write buffer: it must convert anyway."""
+    advertiser = await create_advertiser(gateway)
+    offer = await create_offer(
+        gateway,
+        advertiser_id=advertiser["id"],
+        url_template="https://adv.example/install?clickid={click_id}",
+    )
+    link = await create_smartlink(gateway, offer_ids=[offer["id"]])
+
+    async def redirected() -> httpx.Response | None:
+        response = await gateway.get(
+            f"/get/{link['code']}",
+            params={"cid": "pub-click-9", "sub1": "s1", "sub3": "s3"},
+            headers={"User-Agent": ANDROID_UA, "X-Forwarded-For": "203.0.113.50"},
+        )
+        return response if response.status_code == 302 else None
+
+    # The click path's catalogue cache picks the new SmartLink up within its refresh.
+    response = await wait_for(redirected, message="the SmartLink redirect")
+    click_id = int(parse_qs(urlsplit(response.headers["location"]).query)["clickid"][0])
+
+    conversion = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id},
+        headers={"X-Api-Key": advertiser["api_key"]},
+    )
+    assert conversion.status_code == 201, conversion.text
+    published = await wait_for(
+        lambda: _async(observer.for_conversion(conversion.json()["conversion_id"])),
+        message="the event",
+    )
+    event = published[0].event()
+    assert event.click_id == click_id
+    assert event.external_id == "pub-click-9"
+    assert event.publisher_id == link["publisher_id"]
+    assert event.smartlink_id == link["id"]
+    assert event.offer_id == offer["id"]
+    assert event.ip == "203.0.113.50"
+    assert event.os == "Android"
+    assert event.device == "mobile"
+    assert (event.sub_ids.sub1, event.sub_ids.sub2, event.sub_ids.sub3) == ("s1", None, "s3")
