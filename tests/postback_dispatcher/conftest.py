@@ -198,7 +198,8 @@ def make_event(publisher_id: int, **fields: Any) -> ConversionEvent:
 # -- readers --------------------------------------------------------------------------
 
 
-async def delivery_row(pool: asyncpg.Pool, conversion_id: int) -> asyncpg.Record | None:
+async def delivery_row(pool: asyncpg.Pool, conversion_id: int) -> Any:
+    """The deliveries row (an asyncpg Record) or None."""
     return await pool.fetchrow("SELECT * FROM deliveries WHERE conversion_id = $1", conversion_id)
 
 
@@ -208,5 +209,6 @@ async def attempt_rows(pool: asyncpg.Pool, conversion_id: int) -> list[asyncpg.R
     )
 
 
-async def dead_letter_row(pool: asyncpg.Pool, event_key: str) -> asyncpg.Record | None:
+async def dead_letter_row(pool: asyncpg.Pool, event_key: str) -> Any:
+    """The dead_letters row (an asyncpg Record) or None."""
     return await pool.fetchrow("SELECT * FROM dead_letters WHERE event_key = $1", event_key)

@@ -6,7 +6,9 @@ private targets allowed, no settings cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import Any
 
 import asyncpg
 import orjson
@@ -28,14 +30,14 @@ from tests.support.servers import Receiver
 TOKEN = "tok_s3cr3t_value_42"
 
 
-def _count(receiver: Receiver, path: str, n: int):  # type: ignore[no-untyped-def]
+def _count(receiver: Receiver, path: str, n: int):
     async def probe() -> bool:
         return len(receiver.matching(path)) >= n
 
     return probe
 
 
-async def _status(pg: asyncpg.Pool, conversion_id: int, status: str) -> asyncpg.Record | None:
+async def _status(pg: asyncpg.Pool, conversion_id: int, status: str) -> Any:
     row = await delivery_row(pg, conversion_id)
     return row if row is not None and row["status"] == status else None
 
@@ -155,7 +157,7 @@ async def test_invalid_url_dead_letters_as_invalid(
 async def test_retry_after_picks_a_later_tier(
     dispatcher: DispatcherHandle, pg: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    def responder(request):  # type: ignore[no-untyped-def]
+    def responder(request):
         if len(receiver.matching(request.path)) == 1:
             wait = "0.5" if request.path == "/short" else "3600"
             return web.Response(status=429, headers={"Retry-After": wait})
@@ -189,7 +191,7 @@ async def test_poison_messages_are_dead_lettered_and_consumer_keeps_running(
 
     for body in bodies:
         key = "sha256:" + hashlib.sha256(body).hexdigest()
-        dead = await wait_for(lambda key=key: dead_letter_row(pg, key), message="poison row")
+        dead = await wait_for(functools.partial(dead_letter_row, pg, key), message="poison row")
         assert dead["reason"] == "poison" and dead["payload"] == body
     assert (
         "unsupported schema_version"
@@ -297,7 +299,7 @@ async def test_replay_sends_again_and_stale_copies_are_dropped(
     assert [a["trigger"] for a in attempts] == ["first", "replay", "replay"]
 
 
-async def _dead_with_sequence(pg: asyncpg.Pool, key: str, sequence: int) -> asyncpg.Record | None:
+async def _dead_with_sequence(pg: asyncpg.Pool, key: str, sequence: int) -> Any:
     row = await dead_letter_row(pg, key)
     return row if row is not None and row["sequence"] == sequence else None
 

@@ -107,7 +107,7 @@ async def test_black_hole_host_does_not_slow_a_healthy_host(
 async def test_graceful_stop_finishes_in_flight_and_loses_nothing(
     database_url: str, pg: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    async def slow(request):  # type: ignore[no-untyped-def]
+    async def slow(request):
         await asyncio.sleep(0.4)
         return 200
 

@@ -77,7 +77,7 @@ async def test_connects_to_the_vetted_address_and_rechecks_redirects(receiver: R
     guard = TargetGuard(resolve=resolve, allowed_targets=[("127.0.0.1", port)])
     sender = AiohttpPostbackSender(timeout_seconds=2, guard=guard)
 
-    def responder(request):  # type: ignore[no-untyped-def]
+    def responder(request):
         if request.path == "/hop-private":
             raise web.HTTPFound(f"http://127.0.0.1:{port + 1}/internal")
         if request.path == "/hop-localhost":

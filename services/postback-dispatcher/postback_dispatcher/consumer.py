@@ -288,6 +288,8 @@ class PostbackConsumer:
         await self._on_message(Delivery(raw))
 
     async def _on_message(self, message: Delivery) -> None:
+        if self._stopping:
+            return  # arrived after the cancel: left unacked, it returns to the queue on close
         # aio-pika already runs each delivery in its own task; track it for the stop.
         self._acks.received(message)
         task = asyncio.current_task()
