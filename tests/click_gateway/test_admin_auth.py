@@ -60,3 +60,25 @@ async def test_the_right_token_is_accepted(gateway: httpx.AsyncClient) -> None:
     publisher = await create_publisher(gateway)
     response = await gateway.get(f"/api/v1/publishers/{publisher['id']}", headers=ADMIN_HEADERS)
     assert response.status_code == 200
+
+
+async def test_openapi_documents_the_admin_and_conversion_api(gateway: httpx.AsyncClient) -> None:
+    schema = (await gateway.get("/openapi.json")).json()
+    for path in (
+        "/api/v1/publishers",
+        "/api/v1/publishers/{publisher_id}/postback",
+        "/api/v1/advertisers",
+        "/api/v1/offers/{offer_id}",
+        "/api/v1/smartlinks/{smartlink_id}",
+        "/api/v1/conversions",
+        "/api/v1/conversions/s2s",
+    ):
+        assert path in schema["paths"], path
+    assert set(schema["paths"]["/api/v1/conversions"]["post"]["responses"]) >= {
+        "200",
+        "201",
+        "401",
+        "403",
+        "404",
+        "422",
+    }
