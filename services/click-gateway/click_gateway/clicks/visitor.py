@@ -22,6 +22,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 USER_AGENT_CACHE_SIZE = 20_000
 ADDRESS_CACHE_SIZE = 20_000
 MAX_USER_AGENT_LENGTH = 512
+MAX_OS_LENGTH = 50  # clicks.os is VARCHAR(50)
 
 DESKTOP_OS = frozenset(
     {
@@ -121,7 +122,7 @@ def classify_user_agent(ua: str) -> UserAgentInfo:
     if not ua:
         return UserAgentInfo(None, "other", True)
     result = _resolve(ua, _DOMAINS)
-    os_family = result.os.family if result.os is not None else None
+    os_family = result.os.family[:MAX_OS_LENGTH] if result.os is not None else None
     if os_family == "Other":
         os_family = None
     device_family = result.device.family if result.device is not None else None
