@@ -186,3 +186,29 @@ async def assert_fits_viewport(page: Any) -> None:
         }"""
     )
     assert overflowing == [], overflowing
+
+
+async def test_keyboard_only_sign_in_and_visible_focus(
+    page: Any, portal_url: str, db: Db, screenshots: Path
+) -> None:
+    publisher = await create_publisher(db)
+    await page.goto(f"{portal_url}/portal/login")
+    # The key field has focus on arrival; Enter submits.
+    await page.keyboard.type(publisher.api_key)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Postback Settings")).to_be_visible()
+
+    # The first Tab reaches the skip link, which jumps to the content.
+    await page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    await expect(skip).to_be_focused()
+    await expect(skip).to_be_in_viewport()
+
+    await page.get_by_label("Postback URL template").focus()
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Security token (optional)")).to_be_focused()
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name="Generate")).to_be_focused()
+    outline = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", "")
+    await page.screenshot(path=str(screenshots / "09-keyboard-focus.png"))
