@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -32,6 +33,8 @@ ANDROID_UA = (
     "Chrome/120.0.0.0 Mobile Safari/537.36"
 )
 SUB_IDS = {"sub1": "campaign-7", "sub2": "blue", "sub5": "z"}
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -415,7 +418,7 @@ async def test_event_carries_every_macro_value(
     assert published[0].event() == event
 
 
-async def _async(value: object) -> object:
+async def _async(value: T) -> T:
     return value
 
 
@@ -506,6 +509,7 @@ async def test_conversion_for_a_real_click_right_after_the_redirect(
 
     # The click path's catalogue cache picks the new SmartLink up within its refresh.
     response = await wait_for(redirected, message="the SmartLink redirect")
+    assert response is not None
     click_id = int(parse_qs(urlsplit(response.headers["location"]).query)["clickid"][0])
 
     conversion = await gateway.post(
