@@ -53,6 +53,7 @@ class ClickBuffer:
         self.flushed_rows = 0
         self.failed_flushes = 0
         self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -94,6 +95,7 @@ class ClickBuffer:
         """Flush everything that is buffered, then close (graceful stop)."""
         self._stopping = True
         self._wake.set()
+        self._stop_requested.set()
         if self._task is not None:
             # Not cancelled: a COPY interrupted half-way would leave its outcome unknown.
             await self._task
@@ -117,14 +119,21 @@ class ClickBuffer:
             self._conn = None
 
     async def _flush_forever(self) -> None:
-        delay = self.interval
+        retry_delay = 0.0
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            if retry_delay:
+                # PostgreSQL is failing: back off (the buffer keeps filling; a
+                # full batch must not turn this into a tight reconnect loop).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), timeout=retry_delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
             self._wake.clear()
+            if self._stopping:
+                break  # stop() does the final flush
             ok = await self.flush()
-            # Back off while PostgreSQL is failing, but retry within a second.
-            delay = self.interval if ok else min(max(delay * 2, 0.05), MAX_RETRY_DELAY_SECONDS)
+            retry_delay = 0.0 if ok else min(max(retry_delay * 2, 0.05), MAX_RETRY_DELAY_SECONDS)
 
     # --- flushing -------------------------------------------------------------------
 
