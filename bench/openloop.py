@@ -118,6 +118,7 @@ OnResponse = Callable[[int, int, dict[bytes, bytes], bytes, float], None]
 @dataclass
 class LoadResult:
     sent: int = 0
+    abandoned: int = 0  # due requests never sent because the run hit its time limit
     completed: int = 0
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
@@ -132,6 +133,7 @@ class LoadResult:
         lag = sorted(self.send_lag_ms)
         return {
             "sent": self.sent,
+            "abandoned": self.abandoned,
             "completed": self.completed,
             "errors": self.errors,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -155,6 +157,7 @@ async def _worker(
     make_request: Callable[[int], bytes],
     on_response: OnResponse | None,
     result: LoadResult,
+    give_up_at: float,
 ) -> None:
     conn: ClientConnection | None = None
     try:
@@ -163,6 +166,9 @@ async def _worker(
             if item is None:
                 return
             index, due = item
+            if time.monotonic() > give_up_at:
+                result.abandoned += 1
+                continue
             raw = make_request(index)
             try:
                 if conn is None or not conn.usable:
@@ -199,16 +205,25 @@ async def open_loop(
     on_response: OnResponse | None = None,
     connections: int = 64,
     total: int | None = None,
+    time_limit: float | None = None,
 ) -> LoadResult:
-    """Send at a constant ``rate`` for ``duration`` s (or ``total`` requests); latency from due."""
+    """Send at a constant ``rate`` for ``duration`` s (or ``total`` requests); latency from due.
+
+    A server slower than ``rate`` builds a backlog; after ``time_limit`` seconds
+    (default: twice the planned duration + 5 s) what is left is abandoned and
+    counted, so a slow service cannot stretch the benchmark without bound.
+    """
     result = LoadResult()
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
-    workers = [
-        asyncio.create_task(_worker(host, port, queue, make_request, on_response, result))
-        for _ in range(connections)
-    ]
     count = total if total is not None else int(rate * duration)
     start = time.monotonic()
+    limit = time_limit if time_limit is not None else 2 * count / rate + 5
+    workers = [
+        asyncio.create_task(
+            _worker(host, port, queue, make_request, on_response, result, start + limit)
+        )
+        for _ in range(connections)
+    ]
     interval = 1.0 / rate
     index = 0
     while index < count:

@@ -67,6 +67,7 @@ async def prepare_clicks(base: str, seeded: Seeded, count: int) -> list[int]:
         make_request=click_request_factory(f"/get/{code}"),
         on_response=on_click,
         connections=16,
+        time_limit=120,
     )
     made = [i for i in ids if i is not None]
     say(f"made {len(made):,} clicks")
