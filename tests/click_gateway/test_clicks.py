@@ -63,7 +63,9 @@ async def first_click(
         response = await client.get(f"/get/{code}", **kwargs)  # type: ignore[arg-type]
         return response if response.status_code != 404 else None
 
-    return await wait_for(probe, timeout=timeout, message=f"smartlink {code} served")
+    response = await wait_for(probe, timeout=timeout, message=f"smartlink {code} served")
+    assert response is not None
+    return response
 
 
 async def wait_stored(db: asyncpg.Pool, click_id: int, timeout: float = 3.0) -> asyncpg.Record:

@@ -42,7 +42,7 @@ def test_ids_of_two_nodes_are_unique_positive_and_carry_their_time() -> None:
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     clock = FakeClock(now_ms)
     first, second = ClickIdGenerator(1, KEY, clock), ClickIdGenerator(2, KEY, clock)
-    ids = []
+    ids: list[int] = []
     for step in range(200):
         clock.ms = now_ms + step // 50  # 50 ids per node per millisecond
         for _ in range(50):
