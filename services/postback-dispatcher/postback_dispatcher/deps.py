@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from postback_core.web import check_admin_bearer, unit_of_work_session
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from postback_core.web import check_admin_bearer, unit_of_work_session
 from postback_dispatcher.runtime import DispatcherRuntime
 
 
@@ -30,6 +30,8 @@ def require_admin(
     check_admin_bearer(request, runtime.settings.admin_token)
 
 
-Session = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the unit of work commits *before* the response leaves, so a
+# 2xx means the data is durable and a client acting on it at once sees it.
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 Runtime = Annotated[DispatcherRuntime, Depends(get_runtime)]
 AdminOnly = Depends(require_admin)

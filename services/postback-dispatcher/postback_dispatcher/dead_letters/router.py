@@ -9,10 +9,9 @@ from fastapi.responses import JSONResponse
 
 from postback_dispatcher.dead_letters import schemas, service
 from postback_dispatcher.dead_letters.publisher import ReplayPublisher
-from postback_dispatcher.deps import AdminOnly, Runtime
+from postback_dispatcher.deps import AdminOnly, Runtime, Session
 from postback_dispatcher.lifecycle import on_app_shutdown
 from postback_dispatcher.pagination import CursorError
-from postback_dispatcher.request_session import CommittedSession
 
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], dependencies=[AdminOnly])
 
@@ -49,7 +48,7 @@ def _broker_down(exc: Exception) -> JSONResponse:
 
 @router.get("", response_model=schemas.DeadLetterPage)
 async def list_dead_letters(
-    session: CommittedSession, query: Annotated[schemas.DeadLetterListQuery, Query()]
+    session: Session, query: Annotated[schemas.DeadLetterListQuery, Query()]
 ) -> schemas.DeadLetterPage:
     """Open dead letters, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
     try:
@@ -61,7 +60,7 @@ async def list_dead_letters(
 
 
 @router.get("/stats", response_model=schemas.DeadLetterStats)
-async def dead_letter_stats(session: CommittedSession) -> schemas.DeadLetterStats:
+async def dead_letter_stats(session: Session) -> schemas.DeadLetterStats:
     """Count and payout at risk per publisher, the longest-waiting publisher first."""
     return await service.stats(session)
 
@@ -72,7 +71,7 @@ async def dead_letter_stats(session: CommittedSession) -> schemas.DeadLetterStat
     responses={503: {"description": "the broker did not confirm"}},
 )
 async def replay_matching(
-    body: schemas.BulkReplayRequest, session: CommittedSession, runtime: Runtime, request: Request
+    body: schemas.BulkReplayRequest, session: Session, runtime: Runtime, request: Request
 ) -> schemas.DryRunTotals | schemas.BulkReplayResult | JSONResponse:
     """Replay every open dead letter matching the filters; ``dry_run`` only counts them."""
     filters = body.to_filters()
@@ -88,7 +87,7 @@ async def replay_matching(
 
 @router.post("/purge", response_model=schemas.PurgeResult | schemas.DryRunTotals)
 async def purge_matching(
-    body: schemas.PurgeRequest, session: CommittedSession
+    body: schemas.PurgeRequest, session: Session
 ) -> schemas.PurgeResult | schemas.DryRunTotals:
     """Purge every open dead letter matching the filters (needs ``confirm: true``)."""
     if body.dry_run:
@@ -100,7 +99,7 @@ async def purge_matching(
 
 @router.get("/{dead_letter_id}", response_model=schemas.DeadLetterDetail)
 async def get_dead_letter(
-    dead_letter_id: int, session: CommittedSession
+    dead_letter_id: int, session: Session
 ) -> schemas.DeadLetterDetail:
     """One dead letter with every recorded attempt of its conversion."""
     try:
@@ -132,7 +131,7 @@ async def replay_dead_letter(
 
 
 @router.delete("/{dead_letter_id}", status_code=204)
-async def purge_dead_letter(dead_letter_id: int, session: CommittedSession) -> Response:
+async def purge_dead_letter(dead_letter_id: int, session: Session) -> Response:
     """Drop one open dead letter from the list for good."""
     try:
         await service.purge_one(session, dead_letter_id)

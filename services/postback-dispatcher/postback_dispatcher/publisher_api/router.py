@@ -8,11 +8,10 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from postback_core.macros import TemplateError
-from postback_dispatcher.deps import Runtime
+from postback_dispatcher.deps import Runtime, Session
 from postback_dispatcher.pagination import CursorError
 from postback_dispatcher.publisher_api import schemas, service
 from postback_dispatcher.publisher_api.auth import Me
-from postback_dispatcher.request_session import CommittedSession
 
 router = APIRouter(prefix="/api/v1/me", tags=["publisher"])
 
@@ -30,7 +29,7 @@ def template_refused(exc: TemplateError) -> JSONResponse:
 
 
 @router.get("/postback", response_model=schemas.MyPostbackSettings)
-async def get_my_postback(me: Me, session: CommittedSession) -> schemas.MyPostbackSettings:
+async def get_my_postback(me: Me, session: Session) -> schemas.MyPostbackSettings:
     """Your postback URL template and (masked) security token."""
     return await service.get_settings(session, me.id)
 
@@ -41,7 +40,7 @@ async def get_my_postback(me: Me, session: CommittedSession) -> schemas.MyPostba
     responses={422: {"description": "invalid template; unknown_macros names the typos"}},
 )
 async def put_my_postback(
-    body: schemas.MyPostbackSettingsUpdate, me: Me, session: CommittedSession
+    body: schemas.MyPostbackSettingsUpdate, me: Me, session: Session
 ) -> schemas.MyPostbackSettings | JSONResponse:
     """Save your template (validated like the operators' endpoint) and token."""
     try:
@@ -73,7 +72,7 @@ async def preview_my_postback(body: schemas.TemplateCheck, me: Me) -> schemas.Pr
 )
 async def test_my_postback(
     me: Me,
-    session: CommittedSession,
+    session: Session,
     runtime: Runtime,
     request: Request,
     body: schemas.TestPostbackRequest | None = None,
@@ -96,7 +95,7 @@ async def test_my_postback(
 @router.get("/postbacks", response_model=schemas.PostbackAttemptPage)
 async def my_postbacks(
     me: Me,
-    session: CommittedSession,
+    session: Session,
     query: Annotated[schemas.PostbackAttemptQuery, Query()],
 ) -> schemas.PostbackAttemptPage:
     """Your recent postback attempts, newest first (tests included)."""
