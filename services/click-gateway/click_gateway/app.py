@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from postback_core.web import install_error_handlers
 
 from click_gateway import health
 from click_gateway.runtime import GatewayRuntime
 from click_gateway.settings import GatewaySettings
+from postback_core.web import install_error_handlers
 
 CLICK_PREFIX = "/get/"
 

@@ -7,10 +7,10 @@ import logging
 
 import typer
 import uvicorn
-from postback_core.logs import configure_logging
 from pydantic import ValidationError
 
 from click_gateway.settings import GatewaySettings
+from postback_core.logs import configure_logging
 
 cli = typer.Typer(
     help="SmartLink click gateway: redirects, click recording, admin and conversion APIs.",
@@ -29,9 +29,8 @@ def _settings() -> GatewaySettings:
 
 
 def _migrate(settings: GatewaySettings) -> None:
-    from postback_core.db.base import ensure_database, run_migrations
-
     from click_gateway.runtime import declare_broker_topology
+    from postback_core.db.base import ensure_database, run_migrations
 
     if asyncio.run(ensure_database(settings.database_url)):
         log.info("created database")

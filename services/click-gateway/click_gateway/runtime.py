@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
-from postback_core.db.base import create_engine, create_sessionmaker
-from postback_core.topology import declare_topology
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from click_gateway.clicks.service import ClickService
 from click_gateway.outbox.relay import OutboxRelay
 from click_gateway.settings import GatewaySettings
+from postback_core.db.base import create_engine, create_sessionmaker
+from postback_core.topology import declare_topology
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from postback_core.web import install_error_handlers
 
+from postback_core.web import install_error_handlers
 from postback_dispatcher import health, metrics
 from postback_dispatcher.runtime import DispatcherRuntime
 from postback_dispatcher.settings import DispatcherSettings

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from postback_core.settings import HTTPServiceSettings
 from pydantic import Field
+
+from postback_core.settings import HTTPServiceSettings
 
 
 class DispatcherSettings(HTTPServiceSettings):
