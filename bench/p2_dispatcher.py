@@ -14,8 +14,11 @@ requests in flight as the raw loop has.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
+
+import orjson
 
 from bench.common import Result, Skipped, infrastructure, say
 from bench.events import publish_events
@@ -94,12 +97,35 @@ async def dispatcher_throughput(
     return figures
 
 
+async def _amqp_ceiling(url: str, count: int, ack: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.amqp_ceiling",
+        "--url",
+        url,
+        "--count",
+        str(count),
+        "--ack",
+        ack,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 320)
+    for line in out.decode().splitlines():
+        if line.startswith("AMQPCEILING "):
+            figures: dict[str, Any] = orjson.loads(line[len("AMQPCEILING ") :])
+            return figures
+    raise RuntimeError(f"consume ceiling failed: {err.decode()[-2000:]}")
+
+
 async def run(mode: str, result: Result) -> None:
     total = SIZES[mode]
     result.notes.append(
         f"{total} events pre-filled for {PUBLISHERS} publishers (token-signed GET template with "
         f"6 macros); dispatcher prefetch 256, per-host cap {CONCURRENCY}; raw loop "
-        f"{CONCURRENCY} in flight; rate = (n-1) / (last arrival - first arrival)"
+        f"{CONCURRENCY} in flight; rate = (n-1) / (last arrival - first arrival); broker "
+        "ceiling = aio-pika consume + ack of the same events with no other work (prefetch 256)"
     )
     async with infrastructure("p2") as infra, receiver("p2-receiver") as rcv:
         publisher_ids = await seed_postback_publishers(infra.dsn, rcv.base, PUBLISHERS)
@@ -120,8 +146,21 @@ async def run(mode: str, result: Result) -> None:
         raw = await run_get_loop_process("aiohttp", rcv.base + "/postback", CONCURRENCY, total)
         result.figures["raw_aiohttp_loop"] = raw
         say(f"raw aiohttp loop: {raw['rps']:,.0f} req/s")
+        broker: dict[str, Any] = {}
+        for ack in ("single", "batched") if mode == "full" else ():
+            await publish_events(infra.amqp_url, range(total + 1, 2 * total + 1), publisher_ids)
+            broker[ack] = await _amqp_ceiling(infra.amqp_url, total, ack)
+            say(f"consume + ack ({ack}) with no other work: {broker[ack]['rate_per_s']:,.0f}/s")
+        result.figures["broker_consume_ack_ceiling"] = broker
     if figures is None:
         raise Skipped(result.skipped_parts[-1])
     ratio = figures["rate_per_s"] / raw["rps"]
     result.figures["ratio_vs_raw_loop"] = round(ratio, 3)
     result.target("dispatcher postbacks/s ÷ raw aiohttp loop", round(ratio, 3), ">=", 0.6)
+    best_broker = max(
+        b["rate_per_s"] for b in result.figures["broker_consume_ack_ceiling"].values()
+    )
+    result.figures["ceiling_min_http_broker"] = round(min(raw["rps"], best_broker), 1)
+    result.figures["ratio_vs_min_ceiling"] = round(
+        figures["rate_per_s"] / result.figures["ceiling_min_http_broker"], 3
+    )
