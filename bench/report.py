@@ -98,6 +98,14 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
     add("P2", "dispatcher postbacks", _get(p2, "dispatcher", "rate_per_s"), "/s")
     add("P2", "raw aiohttp loop", _get(p2, "raw_aiohttp_loop", "rps"), "req/s")
     add("P2", "pre-fill publish (confirms)", _get(p2, "dispatcher", "prefill", "rate_per_s"), "/s")
+    for ack in ("single", "batched"):
+        add(
+            "P2",
+            f"broker ceiling: consume + {ack} ack, no other work",
+            _get(p2, "broker_consume_ack_ceiling", ack, "rate_per_s"),
+            "/s",
+        )
+    add("P2", "dispatcher ÷ min(HTTP, broker ceiling)", _get(p2, "ratio_vs_min_ceiling"))
     p3 = _get(benchmarks, "P3", "figures") or {}
     add("P3", "conversion API achieved rate", _get(p3, "conversion_api", "rate_per_s"), "/s")
     add("P3", "conversion API p50 / p99 (from due time)", _pair(p3, "conversion_api"), "ms")
