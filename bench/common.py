@@ -384,6 +384,7 @@ async def pg_activity(dsn: str, into: dict[str, Any], interval: float = 0.1) -> 
     conn = await asyncpg.connect(dsn)
     seen: dict[str, int] = {}
     pids: set[int] = set()
+    lock_waits: dict[str, int] = {}
     peak = 0
     samples = 0
     stop = asyncio.Event()
@@ -395,6 +396,13 @@ async def pg_activity(dsn: str, into: dict[str, Any], interval: float = 0.1) -> 
                 "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+            waits = await conn.fetch(
+                "SELECT locktype, mode, classid::regclass::text AS class, objid "
+                "FROM pg_locks WHERE NOT granted"
+            )
+            for w in waits:
+                key = f"{w['locktype']}:{w['mode']}:{w['class']}:{w['objid']}"
+                lock_waits[key] = lock_waits.get(key, 0) + 1
             samples += 1
             peak = max(peak, len(rows))
             for row in rows:
@@ -418,5 +426,8 @@ async def pg_activity(dsn: str, into: dict[str, Any], interval: float = 0.1) -> 
                 "peak_backends": peak,
                 "distinct_backend_pids": len(pids),
                 "state_wait_counts": dict(sorted(seen.items(), key=lambda kv: -kv[1])[:12]),
+                # Ungranted locks (server-wide): "object:AccessExclusiveLock:pg_database:0"
+                # is the lock every NOTIFYing transaction takes for its commit.
+                "lock_waits": dict(sorted(lock_waits.items(), key=lambda kv: -kv[1])[:8]),
             }
         )
