@@ -398,7 +398,7 @@ class PostbackConsumer:
                 verdict, reason = "retry", None
                 outcome_name = "breaker_open"
 
-        error_text = self._error_text(result)
+        error_text = self._error_text(result, token)
         if verdict == "retry" and attempt_no >= self.max_attempts:
             verdict, reason = "dead", "exhausted"
         if verdict == "dead" and outcome_name != "breaker_open":
@@ -495,11 +495,12 @@ class PostbackConsumer:
     # -- helpers -------------------------------------------------------------------
 
     @staticmethod
-    def _error_text(result: SendResult) -> str | None:
+    def _error_text(result: SendResult, token: str | None) -> str | None:
+        """``Class: message`` with the token masked (messages may quote the URL)."""
         if result.error_class is None:
             return None
         if result.error_message:
-            return f"{result.error_class}: {result.error_message}"[:1000]
+            return mask_in_text(f"{result.error_class}: {result.error_message}", token)[:1000]
         return result.error_class
 
     def _retry_delay(self, attempt_no: int, retry_after: float | None) -> float:
