@@ -69,16 +69,6 @@ _MACRO_SLOT = {name: index for index, name in enumerate(SUPPORTED_URL_MACROS)}
 _needs_quoting = re.compile(r"[^A-Za-z0-9_.~-]").search
 
 
-def encode_value(value: object) -> str:
-    """A click value as it goes into a URL query: percent-encoded, '' when missing."""
-    if value is None:
-        return ""
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    return quote(text, safe="") if _needs_quoting(text) else text
-
-
 @dataclass(frozen=True, slots=True)
 class UrlTemplate:
     """``literals[0] + v(slots[0]) + literals[1] + … + literals[-1]``.
@@ -101,13 +91,22 @@ class UrlTemplate:
     def render(self, values: Sequence[Any]) -> str:
         """``values``: one per ``SUPPORTED_URL_MACROS`` name, in that order."""
         literals = self.literals
-        if not self.slots:
-            return literals[0]
-        out = [literals[0]]
-        for index, slot in enumerate(self.slots, 1):
-            out.append(encode_value(values[slot]))
-            out.append(literals[index])
-        return "".join(out)
+        out = literals[0]
+        index = 1
+        # Values are percent-encoded only when needed (ids and codes rarely are).
+        for slot in self.slots:
+            value = values[slot]
+            if value is None:
+                out += literals[index]
+            elif value.__class__ is int:
+                out += str(value) + literals[index]
+            else:
+                text = value if value.__class__ is str else str(value)
+                if _needs_quoting(text):
+                    text = quote(text, safe="")
+                out += text + literals[index]
+            index += 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
