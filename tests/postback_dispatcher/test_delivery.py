@@ -6,6 +6,7 @@ private targets allowed, no settings cache.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from typing import Any
@@ -312,3 +313,22 @@ async def test_metrics_are_exposed(dispatcher: DispatcherHandle) -> None:
     assert response.status_code == 200
     assert "postback_dispatcher_delivered" in response.text
     assert "postback_dispatcher_breaker_opened_total" in response.text
+
+
+async def test_concurrent_copies_of_one_event_send_once(
+    dispatcher: DispatcherHandle, pg: asyncpg.Pool, receiver: Receiver
+) -> None:
+    async def slow(request: Any) -> int:
+        await asyncio.sleep(0.3)
+        return 200
+
+    receiver.responder = slow
+    publisher_id = await create_publisher_with_settings(pg, receiver.base_url + "/dup")
+    event = make_event(publisher_id)
+    await dispatcher.publish(event)
+    await dispatcher.publish(event)
+    await wait_for(lambda: _status(pg, event.conversion_id, "delivered"))
+    marker = make_event(publisher_id)
+    await dispatcher.publish(marker)
+    await wait_for(lambda: _status(pg, marker.conversion_id, "delivered"))
+    assert len(receiver.matching("/dup")) == 2  # the event once, the marker once

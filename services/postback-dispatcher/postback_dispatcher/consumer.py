@@ -187,6 +187,7 @@ class PostbackConsumer:
         self._cache: PostbackSettingsCache | None = None
         self._archiver: DeadLetterArchiver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight: set[tuple[int, int]] = set()
         self._acks = AckBatcher()
         self._claims: ClaimBatcher | None = None
         self._stopping = False
@@ -327,6 +328,28 @@ class PostbackConsumer:
             return
 
         sequence = header_int(headers, HEADER_SEQUENCE)
+        key = (event.conversion_id, sequence)
+        if key in self._in_flight:
+            # A copy of a message this process is working on right now (e.g. the
+            # gateway published it twice): the first copy owns the follow-up.
+            self.metrics.duplicates_dropped += 1
+            log.info("conversion %s: duplicate of an in-flight copy acked", event.conversion_id)
+            self._acks.ack(message)
+            return
+        self._in_flight.add(key)
+        try:
+            await self._deliver(message, headers, event, sequence)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _deliver(
+        self,
+        message: Delivery,
+        headers: Mapping[str, Any],
+        event: ConversionEvent,
+        sequence: int,
+    ) -> None:
+        assert self._cache is not None and self._log is not None and self._claims is not None
         trigger = header_text(headers, HEADER_TRIGGER) or "first"
         target = await self._cache.get(event.publisher_id)
         if target is None:
@@ -337,7 +360,6 @@ class PostbackConsumer:
         url = render_postback_url(target.url_template, macro_values(event, token))
         url_masked = mask_in_text(url, token)
 
-        assert self._claims is not None
         claim = await self._claims.claim(
             ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
         )
