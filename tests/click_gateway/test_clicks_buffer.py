@@ -11,7 +11,7 @@ import pytest
 
 from click_gateway.clicks import repository
 from click_gateway.clicks.buffer import ClickBuffer
-from click_gateway.clicks.ids import ClickIdGenerator, click_created_at
+from click_gateway.clicks.ids import ClickIdGenerator, click_created_at, click_id_ms
 from postback_core.db.base import asyncpg_dsn
 from tests.support.polling import wait_for
 
@@ -29,7 +29,7 @@ ids = ClickIdGenerator(node=1000, key=b"k" * 32)
 def click_row(click_id: int, external_id: str = "ext") -> tuple[object, ...]:
     return (
         click_id,
-        click_created_at(click_id),
+        repository.encode_timestamptz_ms(click_id_ms(click_id)),
         external_id,
         1,
         2,
@@ -89,9 +89,10 @@ async def test_rows_survive_a_lost_connection_and_an_unreachable_database(
         assert await stored(db, first + second) == 100
         assert not buffer.pending and not buffer.in_flight
         row = await db.fetchrow(
-            "SELECT external_id, host(ip) AS ip, sub5 FROM clicks WHERE click_id = $1", second[0]
+            "SELECT external_id, host(ip) AS ip, sub5, created_at FROM clicks WHERE click_id = $1",
+            second[0],
         )
-        assert tuple(row) == ("during-outage", "2001:db8::1", "s5")
+        assert tuple(row) == ("during-outage", "2001:db8::1", "s5", click_created_at(second[0]))
     finally:
         await buffer.stop()
 

@@ -23,7 +23,8 @@ from click_gateway.clicks import repository
 
 log = logging.getLogger(__name__)
 
-# In repository.CLICK_COLUMNS order; ``ip`` pre-encoded (repository.encode_inet).
+# In repository.CLICK_COLUMNS order; ``created_at`` and ``ip`` pre-encoded
+# (repository.encode_timestamptz_ms / encode_inet).
 ClickRow = tuple[Any, ...]
 
 DEFAULT_CAPACITY = 500_000

@@ -27,6 +27,7 @@ from click_gateway.clicks import repository
 from click_gateway.clicks.buffer import ClickBuffer, ClickRow
 from click_gateway.clicks.cache import CatalogCache
 from click_gateway.clicks.ids import (
+    CLICK_ID_EPOCH_MS,
     LOW_BITS,
     ClickIdGenerator,
     NodeLease,
@@ -34,7 +35,7 @@ from click_gateway.clicks.ids import (
     click_id_ms,
     is_plausible_click_id,
 )
-from click_gateway.clicks.repository import encode_inet
+from click_gateway.clicks.repository import encode_inet, encode_timestamptz_ms
 from click_gateway.clicks.visitor import (
     ADDRESS_CACHE_SIZE,
     MAX_USER_AGENT_LENGTH,
@@ -155,6 +156,7 @@ def record_from_row(row: ClickRow | asyncpg.Record) -> ClickRecord:
     """A buffered row (tuple in CLICK_COLUMNS order) or a fetched row as a ClickRecord."""
     if isinstance(row, tuple):
         values = dict(zip(repository.CLICK_COLUMNS, row, strict=True))
+        values["created_at"] = click_created_at(values["click_id"])
         if values["ip"] is not None:
             values["ip"] = repository.decode_inet(values["ip"])
     else:
@@ -203,7 +205,7 @@ class ClickService:
         self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
         self._created_ms = -1
-        self._created_at = datetime.now(UTC)
+        self._created_at_wire = b""
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -329,16 +331,16 @@ class ClickService:
                 *subs,
             )
         )
-        # Busy gateways issue several ids per millisecond: reuse the datetime.
+        # Busy gateways issue several ids per millisecond: reuse the encoding.
         ms = click_id >> LOW_BITS
         if ms != self._created_ms:
             self._created_ms = ms
-            self._created_at = click_created_at(click_id)
+            self._created_at_wire = encode_timestamptz_ms(ms + CLICK_ID_EPOCH_MS)
         self.buffer.add(
             click_id,
             (
                 click_id,
-                self._created_at,
+                self._created_at_wire,
                 external_id,
                 smartlink.publisher_id,
                 smartlink.id,
