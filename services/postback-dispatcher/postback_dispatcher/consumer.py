@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aio_pika
 import asyncpg
@@ -37,7 +38,6 @@ from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError, ConversionEvent, decode_conversion_event
 from postback_core.db.base import asyncpg_dsn
-from postback_core.security import mask_in_text
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
@@ -90,11 +90,36 @@ def _now() -> datetime:
 
 
 def host_key(url: str) -> str:
+    """``host[:port]`` of a URL, lower-cased: the unit of per-host fairness."""
     try:
         parts = urlsplit(url)
         return (parts.netloc or "").lower().rsplit("@", 1)[-1]
     except ValueError:
         return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def template_host(template: str) -> str | None:
+    """The host of a template when no macro stands in it (the usual case), else None."""
+    try:
+        netloc = urlsplit(template.strip()).netloc
+    except ValueError:
+        return None
+    return None if "{" in netloc else netloc.lower().rsplit("@", 1)[-1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((secret, quote(secret, safe=""), quote(secret, safe="-._~"))))
+
+
+def mask_token(text: str, token: str | None) -> str:
+    """``postback_core.security.mask_in_text`` for one token, with its forms cached."""
+    if not token:
+        return text
+    for form in _secret_forms(token):
+        text = text.replace(form, "***")
+    return text
 
 
 def classify(result: SendResult) -> tuple[str, str | None]:
@@ -358,7 +383,7 @@ class PostbackConsumer:
 
         token = target.security_token
         url = render_postback_url(target.url_template, macro_values(event, token))
-        url_masked = mask_in_text(url, token)
+        url_masked = mask_token(url, token)
 
         claim = await self._claims.claim(
             ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
@@ -396,7 +421,7 @@ class PostbackConsumer:
         attempt_trigger = trigger if attempt_no == 1 or trigger == "replay" else "retry"
         if attempt_no > 1 and trigger == "replay" and header_int(headers, HEADER_ATTEMPT) > 0:
             attempt_trigger = "retry"
-        host = host_key(url)
+        host = template_host(target.url_template) or host_key(url)
         started_at = _now()
         async with self.limiter.slot(host):
             if self.breakers.allow(host):
@@ -435,13 +460,11 @@ class PostbackConsumer:
             outcome=outcome_name,
             url_masked=url_masked
             if result.final_url == url
-            else mask_in_text(result.final_url, token),
+            else mask_token(result.final_url, token),
             http_status=result.status,
             duration_ms=result.duration_ms,
             error_class=result.error_class,
-            error_message=mask_in_text(result.error_message, token)
-            if result.error_message
-            else None,
+            error_message=mask_token(result.error_message, token) if result.error_message else None,
             response_excerpt=result.response_excerpt,
             created_at=started_at,
         )
@@ -522,7 +545,7 @@ class PostbackConsumer:
         if result.error_class is None:
             return None
         if result.error_message:
-            return mask_in_text(f"{result.error_class}: {result.error_message}", token)[:1000]
+            return mask_token(f"{result.error_class}: {result.error_message}", token)[:1000]
         return result.error_class
 
     def _retry_delay(self, attempt_no: int, retry_after: float | None) -> float:
