@@ -431,3 +431,14 @@ async def pg_activity(dsn: str, into: dict[str, Any], interval: float = 0.1) -> 
                 "lock_waits": dict(sorted(lock_waits.items(), key=lambda kv: -kv[1])[:8]),
             }
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/<pid>/stat).
+
+    CPU per request is far steadier than requests per second on a shared
+    machine: other processes take wall time from us, not CPU time.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -10,6 +10,7 @@ relay publishes the outbox to RabbitMQ meanwhile (no dispatcher runs).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -39,7 +40,22 @@ async def run(mode: str, result: Result) -> None:
         f"{CLIENTS} concurrent clients, {cfg['duration']:.0f}s after {cfg['warmup']}s warm-up; "
         f"{cfg['clicks']} clicks, unique txid per request (every answer a new conversion)"
     )
-    async with infrastructure("p4") as infra, gateway(infra, "p4-gateway") as (_gw, base):
+    async with infrastructure("p4") as infra:
+        if os.environ.get("BENCH_P4_WITHOUT_NOTIFY"):
+            # Experiment (not a product setting): what the outbox NOTIFY trigger costs.
+            # Without it the relay still finds rows by polling (OUTBOX_POLL_SECONDS).
+            conn = await asyncpg.connect(infra.dsn)
+            try:
+                await conn.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
+            finally:
+                await conn.close()
+            result.notes.append("EXPERIMENT: outbox_notify trigger dropped for this run")
+            result.figures["experiment"] = "outbox_notify trigger dropped"
+        await _measure(infra, cfg, result)
+
+
+async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
+    async with gateway(infra, "p4-gateway") as (_gw, base):
         seeded = await seed_click_scenario(base, infra.dsn, offers=SIMPLE_OFFER)
         result.figures["seeded_via"] = seeded.ways
         clicks = await prepare_clicks(base, seeded, cfg["clicks"])
@@ -83,6 +99,6 @@ async def run(mode: str, result: Result) -> None:
             }
         finally:
             await conn.close()
-    result.target(
-        f"conversions/s with {CLIENTS} clients", summary["created_per_s"], ">=", 2000.0, "/s"
-    )
+        result.target(
+            f"conversions/s with {CLIENTS} clients", summary["created_per_s"], ">=", 2000.0, "/s"
+        )
