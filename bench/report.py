@@ -82,8 +82,21 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
     add("P1", "gateway p50 / p99", _pair(p1, "gateway"), "ms")
     add(
         "P1",
-        "clicks in PostgreSQL / wrk responses",
-        _ratio_text(p1, ("durability", "rows_in_clicks"), ("durability", "wrk_completed_requests")),
+        "server CPU per request: raw ASGI / gateway",
+        _ratio_text(
+            p1,
+            ("raw_asgi", "server_cpu_us_per_request"),
+            ("gateway", "server_cpu_us_per_request"),
+        ),
+        "µs",
+    )
+    add("P1", "CPU-per-request ratio raw ÷ gateway", _get(p1, "cpu_ratio_raw_over_gateway"))
+    add("P1", "per-round req/s ratios", _get(p1, "ratio_per_round"))
+    add(
+        "P1",
+        "worst time until all clicks were in PostgreSQL",
+        _get(p1, "durability", "worst_all_rows_after_s"),
+        "s",
     )
     add(
         "P1",
