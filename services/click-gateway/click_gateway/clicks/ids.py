@@ -103,6 +103,8 @@ class Permutation:
         self._high_tables = tuple((t[2], t[3], t[4]) for t in per_round)
         self._high_digits = -1
         self._high: tuple[int, ...] = (0,) * FEISTEL_ROUNDS
+        self._tweak_ms = -1
+        self._tweak = (0, 0, 0, 0)
 
     def _tweaks(self, ms: int) -> tuple[int, int, int, int]:
         high_digits = ms >> HALF_BITS
@@ -121,7 +123,10 @@ class Permutation:
         return l0[low] ^ h0, l1[low] ^ h1, l2[low] ^ h2, l3[low] ^ h3
 
     def forward(self, ms: int, value: int) -> int:
-        t0, t1, t2, t3 = self._tweaks(ms)
+        if ms != self._tweak_ms:  # busy processes issue many ids per millisecond
+            self._tweak_ms = ms
+            self._tweak = self._tweaks(ms)
+        t0, t1, t2, t3 = self._tweak
         f0, f1, f2, f3 = self._f
         left, right = value >> HALF_BITS, value & HALF_MASK
         left ^= f0[right ^ t0]
