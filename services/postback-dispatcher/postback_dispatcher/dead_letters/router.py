@@ -98,9 +98,7 @@ async def purge_matching(
 
 
 @router.get("/{dead_letter_id}", response_model=schemas.DeadLetterDetail)
-async def get_dead_letter(
-    dead_letter_id: int, session: Session
-) -> schemas.DeadLetterDetail:
+async def get_dead_letter(dead_letter_id: int, session: Session) -> schemas.DeadLetterDetail:
     """One dead letter with every recorded attempt of its conversion."""
     try:
         return await service.get_detail(session, dead_letter_id)
