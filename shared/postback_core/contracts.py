@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
-SCHEMA_VERSION = 1
-CONVERSION_CREATED = "conversion.created"
+SCHEMA_VERSION: Final = 1
+CONVERSION_CREATED: Final = "conversion.created"
 
 DecimalString = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")

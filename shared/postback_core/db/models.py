@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.functions import FunctionElement
 
 from postback_core.db.base import Base
 
@@ -40,7 +42,7 @@ Money = Numeric(12, 4)
 MAX_PAYOUT = Decimal("10000")
 
 
-def _now() -> object:
+def _now() -> FunctionElement[Any]:
     return func.now()
 
 

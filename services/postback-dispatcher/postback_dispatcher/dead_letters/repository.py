@@ -86,7 +86,7 @@ class DeadLetterRepository:
         after: tuple[datetime, int] | None = None,
     ) -> Sequence[DeadLetter]:
         """One page (plus one row to tell whether another page exists)."""
-        stmt: Select[tuple[DeadLetter]] = select(DeadLetter).where(*filters.conditions())
+        stmt: Select[DeadLetter] = select(DeadLetter).where(*filters.conditions())
         if after is not None:
             stmt = stmt.where(tuple_(DeadLetter.dead_at, DeadLetter.id) < tuple_(*after))
         stmt = stmt.order_by(DeadLetter.dead_at.desc(), DeadLetter.id.desc()).limit(limit + 1)
@@ -190,7 +190,7 @@ class DeadLetterRepository:
             func.count(DeadLetter.id), func.coalesce(func.sum(DeadLetter.payout), 0)
         ).where(and_(*conds))
         count, total = (await self.session.execute(stmt)).one()
-        return Totals(int(count), Decimal(total))
+        return Totals(int(count), Decimal(total or 0))
 
     async def exposure_by_publisher(self) -> list[PublisherExposure]:
         oldest = func.min(DeadLetter.dead_at)
@@ -207,6 +207,6 @@ class DeadLetterRepository:
             .order_by(oldest, DeadLetter.publisher_id)
         )
         return [
-            PublisherExposure(pid, int(n), Decimal(total), first, last)
+            PublisherExposure(pid, int(n), Decimal(total or 0), first, last)
             for pid, n, total, first, last in (await self.session.execute(stmt)).all()
         ]
