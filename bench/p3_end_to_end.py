@@ -32,7 +32,7 @@ from bench.seed import Seeded, seed_click_scenario
 from bench.services import dispatcher, gateway, receiver
 
 RATE = 500.0
-SIZES = {"quick": {"duration": 1.5}, "full": {"duration": 20.0}}
+SIZES = {"quick": {"duration": 1.5, "warmup": 0.5}, "full": {"duration": 20.0, "warmup": 3.0}}
 SIMPLE_OFFER = [{"name": "Any visitor", "payout": "0.5000", "weight": 100}]
 POSTBACK_TEMPLATE = "/pb?click_id={click_id}&external_id={external_id}&payout={payout}"
 
@@ -106,12 +106,23 @@ async def probe_conversions_api(base: str, api_key: str, click_id: int) -> None:
             raise RuntimeError(f"conversion probe -> {resp.status}: {text[:300]}")
 
 
+async def _wait_for_postbacks(rcv: Any, expected: int, disp: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while await rcv.count() < expected:
+        if time.monotonic() > deadline:
+            return
+        if not disp.alive():
+            raise RuntimeError(f"dispatcher exited:\n{disp.log_tail()}")
+        await asyncio.sleep(0.1)
+
+
 async def run(mode: str, result: Result) -> None:
-    duration = SIZES[mode]["duration"]
-    count = int(RATE * duration)
+    duration, warmup = SIZES[mode]["duration"], SIZES[mode]["warmup"]
+    count, warm = int(RATE * duration), int(RATE * warmup)
     result.notes.append(
-        f"{count} conversions at {RATE:.0f}/s open loop; gateway + dispatcher + receiver "
-        "each in its own process; latency = receiver arrival - API answer (wall clock)"
+        f"{count} conversions at {RATE:.0f}/s open loop after a {warmup:g}s warm-up at the same "
+        "rate; gateway + dispatcher + receiver each in its own process; latency = receiver "
+        "arrival - API answer (wall clock)"
     )
     async with (
         infrastructure("p3") as infra,
@@ -123,9 +134,26 @@ async def run(mode: str, result: Result) -> None:
             base, infra.dsn, offers=SIMPLE_OFFER, postback_url=rcv.base + POSTBACK_TEMPLATE
         )
         result.figures["seeded_via"] = seeded.ways
-        clicks = await prepare_clicks(base, seeded, count + 1)
-        probe_click = clicks.pop()
+        all_clicks = await prepare_clicks(base, seeded, count + warm + 1)
+        probe_click = all_clicks.pop()
         await probe_conversions_api(base, seeded.advertiser_key, probe_click)
+        key = seeded.advertiser_key
+        port = int(base.rsplit(":", 1)[1])
+
+        # Warm-up: pools, statement caches and key caches of both services.
+        warm_clicks, clicks = all_clicks[:warm], all_clicks[warm:]
+        await open_loop(
+            "127.0.0.1",
+            port,
+            rate=RATE,
+            duration=warmup,
+            total=warm,
+            make_request=lambda i: conversion_request(key, warm_clicks[i]),
+            connections=64,
+        )
+        await _wait_for_postbacks(rcv, warm + 1, disp)
+        await rcv.reset()
+        say(f"warm-up done ({warm} conversions)")
 
         answered: dict[int, float] = {}
 
@@ -133,27 +161,19 @@ async def run(mode: str, result: Result) -> None:
             if status == 201:
                 answered[clicks[index]] = at
 
-        port = int(base.rsplit(":", 1)[1])
         api = await open_loop(
             "127.0.0.1",
             port,
             rate=RATE,
             duration=duration,
             total=count,
-            make_request=lambda i: conversion_request(seeded.advertiser_key, clicks[i]),
+            make_request=lambda i: conversion_request(key, clicks[i]),
             on_response=on_conversion,
             connections=64,
         )
         result.figures["conversion_api"] = api.summary()
         say(f"{len(answered):,} conversions answered 201 at {api.summary()['rate_per_s']}/s")
-        expected = len(answered) + 1  # + the probe
-        deadline = time.monotonic() + 30
-        while await rcv.count() < expected:
-            if time.monotonic() > deadline:
-                break
-            if not disp.alive():
-                raise RuntimeError(f"dispatcher exited:\n{disp.log_tail()}")
-            await asyncio.sleep(0.1)
+        await _wait_for_postbacks(rcv, len(answered), disp)
         arrivals = await rcv.arrivals()
         say(f"receiver has {len(arrivals):,} postbacks")
 
