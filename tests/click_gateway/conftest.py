@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+
 from click_gateway.app import create_app
 from click_gateway.settings import GatewaySettings
-
 from tests.support.servers import serve_asgi
 
 
