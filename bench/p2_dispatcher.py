@@ -157,10 +157,8 @@ async def run(mode: str, result: Result) -> None:
     ratio = figures["rate_per_s"] / raw["rps"]
     result.figures["ratio_vs_raw_loop"] = round(ratio, 3)
     result.target("dispatcher postbacks/s ÷ raw aiohttp loop", round(ratio, 3), ">=", 0.6)
-    best_broker = max(
-        b["rate_per_s"] for b in result.figures["broker_consume_ack_ceiling"].values()
-    )
-    result.figures["ceiling_min_http_broker"] = round(min(raw["rps"], best_broker), 1)
-    result.figures["ratio_vs_min_ceiling"] = round(
-        figures["rate_per_s"] / result.figures["ceiling_min_http_broker"], 3
-    )
+    if broker:
+        best_broker = max(b["rate_per_s"] for b in broker.values())
+        ceiling = round(min(raw["rps"], best_broker), 1)
+        result.figures["ceiling_min_http_broker"] = ceiling
+        result.figures["ratio_vs_min_ceiling"] = round(figures["rate_per_s"] / ceiling, 3)
