@@ -20,63 +20,11 @@ import asyncpg
 
 ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
 
-_CLAIM = """
-INSERT INTO deliveries AS d (
-    conversion_id, event_id, publisher_id, status, sequence, attempts,
-    first_attempt_at, last_attempt_at, updated_at
-) VALUES ($1, $2, $3, 'pending', $4, 1, now(), now(), now())
-ON CONFLICT (conversion_id) DO UPDATE SET
-    attempts = CASE WHEN EXCLUDED.sequence > d.sequence THEN 1 ELSE d.attempts + 1 END,
-    status = 'pending',
-    first_attempt_at = CASE WHEN EXCLUDED.sequence > d.sequence OR d.first_attempt_at IS NULL
-                            THEN now() ELSE d.first_attempt_at END,
-    sequence = EXCLUDED.sequence,
-    event_id = EXCLUDED.event_id,
-    delivered_at = CASE WHEN EXCLUDED.sequence > d.sequence THEN NULL ELSE d.delivered_at END,
-    last_attempt_at = now(),
-    updated_at = now()
-WHERE EXCLUDED.sequence > d.sequence
-   OR (EXCLUDED.sequence = d.sequence
-       AND d.status NOT IN ('delivered', 'dead')
-       AND d.attempts < $5)
-RETURNING attempts, first_attempt_at
-"""
-
-_CURRENT = (
-    "SELECT sequence, status, attempts, first_attempt_at FROM deliveries WHERE conversion_id = $1"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     kind: ClaimKind
     attempt_no: int
     first_attempt_at: datetime | None = None
-
-
-async def claim_attempt(
-    conn: asyncpg.Connection,
-    *,
-    conversion_id: int,
-    event_id: uuid.UUID,
-    publisher_id: int,
-    sequence: int,
-    max_attempts: int,
-) -> Claim:
-    """Count one attempt for ``(conversion, sequence)`` or say why none may be made."""
-    row = await conn.fetchrow(_CLAIM, conversion_id, event_id, publisher_id, sequence, max_attempts)
-    if row is not None:
-        return Claim("send", row["attempts"], row["first_attempt_at"])
-    current = await conn.fetchrow(_CURRENT, conversion_id)
-    if current is None:  # pragma: no cover - the upsert always leaves a row
-        return Claim("stale", 0)
-    if sequence < current["sequence"]:
-        return Claim("stale", current["attempts"], current["first_attempt_at"])
-    if current["status"] == "delivered":
-        return Claim("delivered", current["attempts"], current["first_attempt_at"])
-    if current["status"] == "dead":
-        return Claim("dead", current["attempts"], current["first_attempt_at"])
-    return Claim("limit", current["attempts"], current["first_attempt_at"])
 
 
 _MARK_SKIPPED = """
@@ -332,7 +280,7 @@ class ClaimRequest:
 async def claim_attempts(
     conn: asyncpg.Connection, requests: Sequence[ClaimRequest], max_attempts: int
 ) -> dict[int, Claim]:
-    """``claim_attempt`` for many conversions in one statement (conversion ids distinct)."""
+    """Claim one attempt for each of many conversions in one statement (ids distinct)."""
     rows = await conn.fetch(
         _CLAIM_MANY,
         [r.conversion_id for r in requests],

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import asyncpg
 
 from click_gateway.clicks import repository
+from click_gateway.offers.macros import OFFER_URL_MACROS
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +33,13 @@ FULL_RELOAD_SECONDS = 60.0
 # Per-SmartLink memo of (country, os, device) → eligible offers; bounded.
 MAX_TARGETING_MEMO = 4096
 
-# Click values an offer (or fallback) URL may carry. ``{click_id}`` is the one
-# advertisers need; the others help them segment traffic.
-SUPPORTED_URL_MACROS: tuple[str, ...] = (
-    "click_id",
-    "external_id",
-    "publisher_id",
-    "smartlink_id",
-    "offer_id",
-    "country",
-    "os",
-    "device",
-    "ip",
-    "sub1",
-    "sub2",
-    "sub3",
-    "sub4",
-    "sub5",
-)
-try:
-    # The admin API validates offer templates against this list; render the same set.
-    from click_gateway.offers.macros import OFFER_URL_MACROS
-except ImportError:  # pragma: no cover - the offers feature ships alongside
-    OFFER_URL_MACROS = frozenset(SUPPORTED_URL_MACROS)
-CLICK_URL_MACROS: tuple[str, ...] = tuple(
-    name for name in SUPPORTED_URL_MACROS if name in OFFER_URL_MACROS or name == "ip"
-)
-_MACRO_SPLIT = re.compile(r"\{(" + "|".join(CLICK_URL_MACROS) + r")\}")
+_MACRO_SPLIT = re.compile(r"\{(" + "|".join(OFFER_URL_MACROS) + r")\}")
 # Characters kept as-is in the literal parts of a template; anything else
 # (spaces, non-ASCII) is percent-encoded so the Location header is valid.
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 
 
-_MACRO_SLOT = {name: index for index, name in enumerate(SUPPORTED_URL_MACROS)}
+_MACRO_SLOT = {name: index for index, name in enumerate(OFFER_URL_MACROS)}
 # Values made only of these need no percent-encoding (the common case: ids, codes).
 _needs_quoting = re.compile(r"[^A-Za-z0-9_.~-]").search
 
@@ -73,7 +48,7 @@ _needs_quoting = re.compile(r"[^A-Za-z0-9_.~-]").search
 class UrlTemplate:
     """``literals[0] + v(slots[0]) + literals[1] + … + literals[-1]``.
 
-    ``slots`` index into a values tuple in ``SUPPORTED_URL_MACROS`` order, so a
+    ``slots`` index into a values tuple in ``OFFER_URL_MACROS`` order, so a
     click builds one tuple and rendering is a join.
     """
 
@@ -89,7 +64,7 @@ class UrlTemplate:
         return cls(literals=literals, names=names, slots=tuple(_MACRO_SLOT[n] for n in names))
 
     def render(self, values: Sequence[Any]) -> str:
-        """``values``: one per ``SUPPORTED_URL_MACROS`` name, in that order."""
+        """``values``: one per ``OFFER_URL_MACROS`` name, in that order."""
         literals = self.literals
         out = literals[0]
         index = 1
