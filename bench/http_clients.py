@@ -120,7 +120,7 @@ async def run_get_loop_process(
     raise RuntimeError(f"{client} loop failed: {err.decode()[-2000:]}")
 
 
-SIZES = {"quick": {"aiohttp": 3000, "httpx": 400}, "full": {"aiohttp": 20000, "httpx": 3000}}
+SIZES = {"quick": {"aiohttp": 2000, "httpx": 200}, "full": {"aiohttp": 20000, "httpx": 3000}}
 CONCURRENCY = 64
 
 

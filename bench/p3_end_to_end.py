@@ -32,7 +32,7 @@ from bench.seed import Seeded, seed_click_scenario
 from bench.services import dispatcher, gateway, receiver
 
 RATE = 500.0
-SIZES = {"quick": {"duration": 1.5, "warmup": 0.5}, "full": {"duration": 20.0, "warmup": 3.0}}
+SIZES = {"quick": {"duration": 1.0, "warmup": 0.5}, "full": {"duration": 20.0, "warmup": 3.0}}
 SIMPLE_OFFER = [{"name": "Any visitor", "payout": "0.5000", "weight": 100}]
 POSTBACK_TEMPLATE = "/pb?click_id={click_id}&external_id={external_id}&payout={payout}"
 

@@ -29,7 +29,7 @@ from bench.services import gateway
 
 CLIENTS = 64
 SIZES = {
-    "quick": {"clicks": 200, "warmup": 0.5, "duration": 2.0},
+    "quick": {"clicks": 200, "warmup": 0.5, "duration": 1.5},
     "full": {"clicks": 2_000, "warmup": 2.0, "duration": 10.0},
 }
 

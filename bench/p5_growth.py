@@ -33,8 +33,8 @@ from postback_core.topology import WORK_QUEUE, retry_queue_name
 SIZES = {
     "quick": {
         "rss": (500, 5_000),
-        "rss_settle_s": 0.3,
-        "rss_window_s": 0.8,
+        "rss_settle_s": 0.2,
+        "rss_window_s": 0.5,
         "fresh": 1_000,
         "retry": 10_000,
         "dead": (1_000, 100_000),
