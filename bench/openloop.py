@@ -30,6 +30,18 @@ from bench.common import percentile
 from bench.traffic import click_headers
 
 
+def _bursts(slow: list[tuple[float, float]]) -> list[list[float]]:
+    """Group slow requests into bursts: [start s, end s, worst ms] each (max 20)."""
+    bursts: list[list[float]] = []
+    for at, ms in sorted(slow):
+        if bursts and at - bursts[-1][1] < 0.05:
+            bursts[-1][1] = round(at, 3)
+            bursts[-1][2] = max(bursts[-1][2], round(ms, 1))
+        else:
+            bursts.append([round(at, 3), round(at, 3), round(ms, 1)])
+    return bursts[:20]
+
+
 class ClientConnection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
@@ -128,6 +140,7 @@ class LoadResult:
     send_lag_ms: list[float] = field(default_factory=list)  # generator lateness
     elapsed_s: float = 0.0
     generator_cpu_s: float = 0.0  # CPU the generator process used while it ran
+    slow: list[tuple[float, float]] = field(default_factory=list)  # (due offset s, ms) > 10 ms
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -149,6 +162,10 @@ class LoadResult:
             "service_p50_ms": round(percentile(svc, 50), 3),
             "service_p99_ms": round(percentile(svc, 99), 3),
             "send_lag_p99_ms": round(percentile(lag, 99), 3),
+            "over_10ms": len(self.slow),
+            # When the slow ones were due (s from start): periodic bursts point at a
+            # periodic task in the server (cache refresh, flush, GC) rather than load.
+            "over_10ms_bursts_at_s": _bursts(self.slow),
             "generator_cpu_us_per_request": round(self.generator_cpu_s / self.completed * 1e6, 1)
             if self.completed and self.generator_cpu_s
             else None,
@@ -336,6 +353,7 @@ class _PacedDriver:
     def __init__(self, requests: list[bytes], result: LoadResult) -> None:
         self.requests = requests
         self.result = result
+        self.start = 0.0
         self.idle: list[_PacedConnection] = []
         self.backlog: collections.deque[tuple[int, float]] = collections.deque()
         self.outstanding = 0
@@ -354,9 +372,12 @@ class _PacedDriver:
         result = self.result
         result.completed += 1
         result.statuses[status] = result.statuses.get(status, 0) + 1
-        result.latencies_ms.append((done - conn.due) * 1000)
+        latency = (done - conn.due) * 1000
+        result.latencies_ms.append(latency)
         result.service_ms.append((done - conn.sent_at) * 1000)
         result.send_lag_ms.append((conn.sent_at - conn.due) * 1000)
+        if latency > 10:
+            result.slow.append((conn.due - self.start, latency))
         self.outstanding -= 1
         if self.backlog:
             index, due = self.backlog.popleft()
@@ -394,7 +415,7 @@ async def paced_open_loop(
     count = min(len(requests), int(rate * duration))
     interval = 1.0 / rate
     cpu_start = time.process_time()
-    start = time.monotonic()
+    start = driver.start = time.monotonic()
     index = 0
     while index < count:
         now = time.monotonic()
