@@ -88,3 +88,8 @@ def decode_conversion_event(body: bytes) -> ConversionEvent:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ContractError(f"invalid event: {problems}") from exc
+
+
+# 64-bit ids (click ids) leave our HTTP APIs as JSON strings: JavaScript and
+# many JSON tools read numbers as doubles and would silently round them.
+IdString = Annotated[int, PlainSerializer(str, return_type=str, when_used="json")]

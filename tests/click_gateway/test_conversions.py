@@ -94,7 +94,7 @@ async def test_new_conversion_is_201_with_offer_payout(
     )
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["click_id"] == click_id
+    assert body["click_id"] == str(click_id)  # 64-bit ids travel as strings
     assert body["payout"] == "0.7500"
     assert body["status"] == "approved"
     assert isinstance(body["conversion_id"], int)

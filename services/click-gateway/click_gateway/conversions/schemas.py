@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, PlainSerializer
 
 from click_gateway.offers.schemas import PayoutAmount
 from click_gateway.pagination import MAX_BIGINT
+from postback_core.contracts import IdString
 
 MAX_TXID_LENGTH = 128
 ClickId = Annotated[int, Field(gt=0, le=MAX_BIGINT, description="Our internal click id.")]
@@ -29,7 +30,7 @@ class ConversionCreate(BaseModel):
 
 class ConversionRead(BaseModel):
     conversion_id: int
-    click_id: int
+    click_id: IdString
     payout: Annotated[
         Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
     ]

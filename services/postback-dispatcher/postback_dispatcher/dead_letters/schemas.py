@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
+from postback_core.contracts import IdString
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
@@ -63,7 +64,7 @@ class PurgeRequest(DeadLetterFilterFields):
 class DeadLetterItem(BaseModel):
     id: int
     conversion_id: int | None
-    click_id: int | None
+    click_id: IdString | None
     publisher_id: int | None
     offer_id: int | None
     payout: MoneyString | None
