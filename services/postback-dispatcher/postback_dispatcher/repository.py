@@ -20,6 +20,7 @@ import asyncpg
 
 ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
 
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     kind: ClaimKind
