@@ -26,7 +26,7 @@ from postback_dispatcher.web.sessions import (
     new_csrf_token,
     same_origin,
 )
-from postback_dispatcher.web.templating import templates
+from postback_dispatcher.web.templating import login_form, templates
 
 COOKIE = "pb_operator"
 PAGE_SIZE = 25
@@ -81,17 +81,7 @@ async def operator_home() -> RedirectResponse:
 
 
 def _login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
-    token = new_csrf_token()
-    response = templates.TemplateResponse(
-        request,
-        "operator_login.html",
-        {"csrf_token": token, "error": error, "area": "operator"},
-        status_code=status,
-    )
-    response.set_cookie(
-        PRE_SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=3600, path="/"
-    )
-    return response
+    return login_form(request, "operator_login.html", "operator", error, status)
 
 
 @router.get("/login", response_class=HTMLResponse)

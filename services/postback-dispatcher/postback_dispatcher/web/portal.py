@@ -29,7 +29,7 @@ from postback_dispatcher.web.sessions import (
     new_csrf_token,
     same_origin,
 )
-from postback_dispatcher.web.templating import templates
+from postback_dispatcher.web.templating import login_form, templates
 
 COOKIE = "pb_publisher"
 RECENT_DELIVERIES = 15
@@ -85,17 +85,7 @@ async def login_page(request: Request, runtime: Runtime) -> Response:
 
 
 def _login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
-    token = new_csrf_token()
-    response = templates.TemplateResponse(
-        request,
-        "portal_login.html",
-        {"csrf_token": token, "error": error, "area": "portal"},
-        status_code=status,
-    )
-    response.set_cookie(
-        PRE_SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=3600, path="/"
-    )
-    return response
+    return login_form(request, "portal_login.html", "portal", error, status)
 
 
 @router.post("/login")

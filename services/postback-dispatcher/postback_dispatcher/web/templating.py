@@ -6,7 +6,11 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+from fastapi import Request
+from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
+
+from postback_dispatcher.web.sessions import PRE_SESSION_COOKIE, new_csrf_token
 
 WEB_DIR = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
@@ -42,3 +46,17 @@ templates.env.filters["money"] = money
 templates.env.filters["when"] = when
 templates.env.filters["short_when"] = short_when
 templates.env.filters["latency"] = latency
+
+
+def login_form(
+    request: Request, template: str, area: str, error: str | None = None, status: int = 200
+) -> Response:
+    """A sign-in page with a fresh CSRF token, also set in a short-lived pre-session cookie."""
+    token = new_csrf_token()
+    response = templates.TemplateResponse(
+        request, template, {"csrf_token": token, "error": error, "area": area}, status_code=status
+    )
+    response.set_cookie(
+        PRE_SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=3600, path="/"
+    )
+    return response
