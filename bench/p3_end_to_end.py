@@ -12,10 +12,15 @@ by ``click_id`` in the postback URL. Latency = arrival - answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aio_pika
+import asyncpg
 import orjson
 
 from bench.common import (
@@ -30,6 +35,7 @@ from bench.common import (
 from bench.openloop import build_request, click_request_factory, open_loop
 from bench.seed import Seeded, seed_click_scenario
 from bench.services import dispatcher, gateway, receiver
+from postback_core.topology import WORK_QUEUE
 
 RATE = 500.0
 SIZES = {"quick": {"duration": 1.0, "warmup": 0.5}, "full": {"duration": 20.0, "warmup": 3.0}}
@@ -116,6 +122,39 @@ async def _wait_for_postbacks(rcv: Any, expected: int, disp: Any, timeout: float
         await asyncio.sleep(0.1)
 
 
+@asynccontextmanager
+async def backlog_sampler(infra: Any, into: list[list[float]]) -> AsyncIterator[None]:
+    """Every 0.5 s: [seconds, unpublished outbox rows, ready messages in the work queue].
+
+    Tells where conversions wait: in the outbox (the gateway's relay is behind) or
+    in the work queue (the dispatcher is behind).
+    """
+    conn = await asyncpg.connect(infra.dsn)
+    amqp = await aio_pika.connect(infra.amqp_url)
+    stop = asyncio.Event()
+    start = time.monotonic()
+
+    async def sample() -> None:
+        channel = await amqp.channel()
+        while not stop.is_set():
+            outbox = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            queue = await channel.declare_queue(WORK_QUEUE, passive=True)
+            depth = queue.declaration_result.message_count or 0
+            into.append([round(time.monotonic() - start, 1), outbox, depth])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+        await amqp.close()
+        await conn.close()
+
+
 async def run(mode: str, result: Result) -> None:
     duration, warmup = SIZES[mode]["duration"], SIZES[mode]["warmup"]
     count, warm = int(RATE * duration), int(RATE * warmup)
@@ -161,19 +200,31 @@ async def run(mode: str, result: Result) -> None:
             if status == 201:
                 answered[clicks[index]] = at
 
-        api = await open_loop(
-            "127.0.0.1",
-            port,
-            rate=RATE,
-            duration=duration,
-            total=count,
-            make_request=lambda i: conversion_request(key, clicks[i]),
-            on_response=on_conversion,
-            connections=64,
+        backlog: list[list[float]] = []
+        async with backlog_sampler(infra, backlog):
+            api = await open_loop(
+                "127.0.0.1",
+                port,
+                rate=RATE,
+                duration=duration,
+                total=count,
+                make_request=lambda i: conversion_request(key, clicks[i]),
+                on_response=on_conversion,
+                connections=64,
+            )
+            result.figures["conversion_api"] = api.summary()
+            say(f"{len(answered):,} conversions answered 201 at {api.summary()['rate_per_s']}/s")
+            await _wait_for_postbacks(rcv, len(answered), disp)
+        result.figures["backlog_timeline"] = {
+            "columns": ["s", "outbox_unpublished", "work_queue_ready"],
+            "samples": backlog,
+            "peak_outbox": max((b[1] for b in backlog), default=None),
+            "peak_work_queue": max((b[2] for b in backlog), default=None),
+        }
+        say(
+            f"peak backlog: {result.figures['backlog_timeline']['peak_outbox']} in the outbox, "
+            f"{result.figures['backlog_timeline']['peak_work_queue']} in the work queue"
         )
-        result.figures["conversion_api"] = api.summary()
-        say(f"{len(answered):,} conversions answered 201 at {api.summary()['rate_per_s']}/s")
-        await _wait_for_postbacks(rcv, len(answered), disp)
         arrivals = await rcv.arrivals()
         say(f"receiver has {len(arrivals):,} postbacks")
 
