@@ -1,7 +1,10 @@
 """Markdown from a results JSON: machine, targets, and the figures behind each target.
 
 ``bench.run`` writes it beside the JSON (``latest.md``); docs/benchmarks.md quotes
-the best run's. ``python -m bench.report bench/results/latest.json``
+the best run's:
+
+    python -m bench.report bench/results/latest.json                 # print
+    python -m bench.report RESULTS.json --into docs/benchmarks.md    # update the doc
 """
 
 from __future__ import annotations
@@ -107,6 +110,18 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         "/s",
     )
     add("P1", "open loop p50 / p99 / max", _triple(p1, "half_peak_open_loop"), "ms")
+    add(
+        "P1",
+        "open loop: server time p99 / generator lateness p99",
+        _pair(p1, "half_peak_open_loop", keys=("service_p99_ms", "send_lag_p99_ms")),
+        "ms",
+    )
+    add(
+        "P1",
+        "open loop: generator CPU per request",
+        _get(p1, "half_peak_open_loop", "generator_cpu_us_per_request"),
+        "µs",
+    )
     p2 = _get(benchmarks, "P2", "figures") or {}
     add("P2", "dispatcher postbacks", _get(p2, "dispatcher", "rate_per_s"), "/s")
     add("P2", "raw aiohttp loop", _get(p2, "raw_aiohttp_loop", "rps"), "req/s")
@@ -128,10 +143,22 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         "postbacks matched / conversions",
         _ratio_text(p3, ("end_to_end", "postbacks_matched"), ("end_to_end", "conversions_201")),
     )
+    add(
+        "P3",
+        "peak backlog: outbox rows / work-queue messages",
+        _pair(p3, "backlog_timeline", keys=("peak_outbox", "peak_work_queue")),
+    )
     p4 = _get(benchmarks, "P4", "figures") or {}
     add("P4", "conversions created", _get(p4, "conversion_api", "created_per_s"), "/s")
     add("P4", "request p50 / p99", _pair(p4, "conversion_api"), "ms")
     add("P4", "outbox drained after load", _get(p4, "outbox", "drained_after_s"), "s")
+    add(
+        "P4",
+        "PostgreSQL: waits on the NOTIFY commit lock (samples)",
+        _get(
+            p4, "db_activity_during_load", "lock_waits", "object:AccessExclusiveLock:pg_database:0"
+        ),
+    )
     p5 = _get(benchmarks, "P5", "figures") or {}
     for label in ("small", "large"):
         add(
@@ -165,6 +192,13 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
             f"dead-letter page median / p95, "
             f"{fmt(_get(p5, 'dead_letter_page', label, 'stored'))} stored",
             _pair(p5, "dead_letter_page", label, keys=("median_ms", "p95_ms")),
+            "ms",
+        )
+        add(
+            "P5",
+            f"dead-letter query execution (EXPLAIN ANALYZE), "
+            f"{fmt(_get(p5, 'dead_letter_page', label, 'stored'))} stored",
+            _get(p5, "dead_letter_page", label, "sql_execution_ms"),
             "ms",
         )
     hc = _get(benchmarks, "HC", "figures") or {}
@@ -209,6 +243,28 @@ def render(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_document(doc: Path, results: Path) -> None:
+    """Replace the text between the results markers of ``doc`` with ``results`` rendered."""
+    text = doc.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    if not rest:
+        raise SystemExit(f"{doc} has no {BEGIN} marker")
+    body = render(orjson.loads(results.read_bytes()))
+    doc.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if len(args) == 3 and args[1] == "--into":
+        update_document(Path(args[2]), Path(args[0]))
+        return
+    for arg in args:
         print(render(orjson.loads(Path(arg).read_bytes())))
+
+
+if __name__ == "__main__":
+    main()
