@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -464,6 +466,12 @@ def main() -> None:
 
     import uvloop
 
+    # Clients are remote in production: give the generator the CPU when it needs
+    # it, so its own scheduling delays don't count as the server's latency.
+    # (Needs root; without it the generator runs at normal priority.)
+    niceness = 0
+    with contextlib.suppress(PermissionError, OSError):
+        niceness = os.nice(-10)
     make = click_request_factory(args.path)
     if args.engine == "paced":
         requests = [make(i) for i in range(int(args.rate * args.duration))]
@@ -475,7 +483,7 @@ def main() -> None:
             "127.0.0.1", args.port, args.rate, args.duration, make, connections=args.connections
         )
     result = uvloop.run(run)
-    print("OPENLOOP " + orjson.dumps(result.summary()).decode())
+    print("OPENLOOP " + orjson.dumps({**result.summary(), "generator_nice": niceness}).decode())
 
 
 if __name__ == "__main__":
