@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Result, infrastructure, pg_activity, say
+from bench.common import Result, cpu_seconds, infrastructure, pg_activity, say
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
     SIMPLE_OFFER,
@@ -68,6 +68,7 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
 
         await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
         activity: dict[str, Any] = {}
+        cpu = cpu_seconds(_gw.pid)
         async with pg_activity(infra.dsn, activity):
             measured = await closed_loop(
                 "127.0.0.1", port, CLIENTS, cfg["duration"], request_for("m")
@@ -76,6 +77,10 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
         summary = measured.summary()
         created = measured.statuses.get(201, 0)
         summary["created_per_s"] = round(created / measured.elapsed_s, 1)
+        # Gateway CPU per conversion, and its share of one core during the run.
+        used = cpu_seconds(_gw.pid) - cpu
+        summary["gateway_cpu_us_per_request"] = round(used / max(1, measured.completed) * 1e6, 1)
+        summary["gateway_cpu_share_of_one_core"] = round(used / measured.elapsed_s, 2)
         result.figures["conversion_api"] = summary
         say(f"{created:,} conversions created: {summary['created_per_s']:,.0f}/s")
 

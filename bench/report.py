@@ -151,6 +151,15 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
     p4 = _get(benchmarks, "P4", "figures") or {}
     add("P4", "conversions created", _get(p4, "conversion_api", "created_per_s"), "/s")
     add("P4", "request p50 / p99", _pair(p4, "conversion_api"), "ms")
+    add(
+        "P4",
+        "gateway CPU per conversion / share of one core",
+        _pair(
+            p4,
+            "conversion_api",
+            keys=("gateway_cpu_us_per_request", "gateway_cpu_share_of_one_core"),
+        ),
+    )
     add("P4", "outbox drained after load", _get(p4, "outbox", "drained_after_s"), "s")
     add(
         "P4",
