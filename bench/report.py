@@ -124,6 +124,15 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
     )
     p2 = _get(benchmarks, "P2", "figures") or {}
     add("P2", "dispatcher postbacks", _get(p2, "dispatcher", "rate_per_s"), "/s")
+    add(
+        "P2",
+        "dispatcher CPU per postback / share of one core",
+        _pair(
+            p2,
+            "dispatcher",
+            keys=("dispatcher_cpu_us_per_postback", "dispatcher_cpu_share_of_one_core"),
+        ),
+    )
     add("P2", "raw aiohttp loop", _get(p2, "raw_aiohttp_loop", "rps"), "req/s")
     add("P2", "pre-fill publish (confirms)", _get(p2, "dispatcher", "prefill", "rate_per_s"), "/s")
     for ack in ("single", "batched"):
