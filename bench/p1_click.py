@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import sys
 import time
@@ -162,6 +163,8 @@ async def _open_loop(port: int, path: str, rate: float, duration: float) -> dict
 
 
 async def run(mode: str, result: Result) -> None:
+    if shutil.which("wrk") is None:
+        raise Skipped("wrk is not installed (Debian package wrk)")
     cfg = SETTINGS[mode]
     rounds, duration = cfg["rounds"], cfg["duration"]
     result.notes.append(
