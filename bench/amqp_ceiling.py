@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 
 import aio_pika
 import orjson
@@ -24,7 +25,7 @@ from postback_core.topology import declare_topology
 BATCH = 64
 
 
-async def consume(url: str, count: int, ack: str, prefetch: int) -> dict[str, float]:
+async def consume(url: str, count: int, ack: str, prefetch: int) -> dict[str, Any]:
     connection = await aio_pika.connect(url, timeout=15)
     done = asyncio.Event()
     received = 0

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import orjson
@@ -80,7 +81,7 @@ async def publish_events(
             topology = await declare_topology(channel, retry_delays)
             if into_retry_tier is None:
                 exchange, routing_key = topology.events, CONVERSION_CREATED
-                headers: dict[str, object] = {}
+                headers: dict[str, Any] = {}
             else:
                 exchange, routing_key = topology.retry, retry_routing_key(into_retry_tier)
                 headers = {HEADER_ATTEMPT: 1, HEADER_TRIGGER: "retry"}

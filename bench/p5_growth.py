@@ -203,7 +203,7 @@ async def _page_times(base: str, requests: int) -> dict[str, Any]:
                     raise RuntimeError(f"dead-letter page -> {resp.status}: {body}")
             if n >= 5:  # the first few warm the pool and caches
                 timings.append((time.perf_counter() - start) * 1000)
-            items = len(body.get("items", body.get("data", []))) if isinstance(body, dict) else 0
+            items = len(body.get("items") or []) if isinstance(body, dict) else 0
     timings.sort()
     return {
         "requests": len(timings),
