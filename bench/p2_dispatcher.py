@@ -14,6 +14,7 @@ requests in flight as the raw loop has.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from typing import Any
@@ -33,9 +34,10 @@ FIRST_ARRIVAL_TIMEOUT = {"quick": 8.0, "full": 30.0}
 
 
 def dispatcher_env(concurrency: int = CONCURRENCY) -> dict[str, Any]:
+    # BENCH_P2_PER_HOST: experiment switch (e.g. 256 = no waiters on the per-host limiter).
     return {
         "DISPATCHER_CONCURRENCY": 256,
-        "POSTBACK_PER_HOST_CONCURRENCY": concurrency,
+        "POSTBACK_PER_HOST_CONCURRENCY": os.environ.get("BENCH_P2_PER_HOST", concurrency),
     }
 
 
