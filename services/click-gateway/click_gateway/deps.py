@@ -12,7 +12,7 @@ from click_gateway.runtime import GatewayRuntime
 from postback_core.web import check_admin_bearer, unit_of_work_session
 
 
-def get_runtime(request: Request) -> GatewayRuntime:
+async def get_runtime(request: Request) -> GatewayRuntime:
     runtime: GatewayRuntime = request.app.state.runtime
     return runtime
 
@@ -24,7 +24,7 @@ async def get_session(
         yield session
 
 
-def require_admin(
+async def require_admin(
     request: Request, runtime: Annotated[GatewayRuntime, Depends(get_runtime)]
 ) -> None:
     check_admin_bearer(request, runtime.settings.admin_token)

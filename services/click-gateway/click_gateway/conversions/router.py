@@ -55,7 +55,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_recorder(request: Request) -> ConversionRecorder:
+async def get_recorder(request: Request) -> ConversionRecorder:
     recorder: ConversionRecorder = request.app.state.conversion_recorder
     return recorder
 
