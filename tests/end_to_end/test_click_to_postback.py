@@ -1,8 +1,8 @@
 """The whole product on one machine: SmartLink click → conversion → signed postback.
 
-A gateway and a dispatcher of their own, on a vhost of their own (so no other
-test's dispatcher competes for the events), with a loopback receiver standing
-in for the publisher's tracker.
+A gateway and a dispatcher of their own, on a database and vhost of their own
+(so no other test's outbox relay or dispatcher takes the events), with a
+loopback receiver standing in for the publisher's tracker.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from tests.factories import (
     create_smartlink,
 )
 from tests.postback_dispatcher.conftest import running_dispatcher
-from tests.support.infra import create_test_vhost, delete_vhost
+from tests.support.infra import (
+    create_test_database,
+    create_test_vhost,
+    delete_vhost,
+    drop_database,
+)
 from tests.support.polling import wait_for
 from tests.support.servers import Receiver, run_receiver, serve_asgi
 
@@ -48,7 +53,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-async def stack(database_url: str) -> AsyncIterator[Stack]:
+async def stack() -> AsyncIterator[Stack]:
+    database_url = await create_test_database("postback_e2e")
     vhost, amqp_url = await create_test_vhost("e2e")
     gateway_settings = GatewaySettings(
         DATABASE_URL=database_url,
@@ -67,6 +73,7 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
             yield Stack(gateway, receiver)
     finally:
         await delete_vhost(vhost)
+        await drop_database(database_url)
 
 
 async def test_click_then_conversion_fires_the_publishers_signed_postback(stack: Stack) -> None:
