@@ -193,7 +193,9 @@ async def test_keyboard_only_sign_in_and_visible_focus(
 ) -> None:
     publisher = await create_publisher(db)
     await page.goto(f"{portal_url}/portal/login")
-    # The key field has focus on arrival; Enter submits.
+    # The key field carries autofocus; headless Chromium honours it only when the
+    # window has focus, so put focus there explicitly. Enter submits.
+    await page.get_by_label("Publisher API key").focus()
     await page.keyboard.type(publisher.api_key)
     await page.keyboard.press("Enter")
     # The sign-in page has a "Postback Settings" heading too: wait for the navigation.
