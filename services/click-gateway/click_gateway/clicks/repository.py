@@ -268,6 +268,32 @@ async def find_click(db: Executor, click_id: int, created_at: datetime) -> async
     return row
 
 
+# One round trip for many lookups. The LATERAL subquery is parameterised by each
+# key, so run-time partition pruning sends every probe to exactly one daily
+# partition's primary key, however many partitions are kept. Its LIMIT 1 (the
+# key is the primary key) keeps the planner from flattening it into a hash join
+# over every partition.
+FIND_CLICKS = """
+SELECT c.click_id, c.created_at, c.external_id, c.publisher_id, c.smartlink_id, c.offer_id,
+       host(c.ip) AS ip, c.country, c.os, c.device, c.sub1, c.sub2, c.sub3, c.sub4, c.sub5
+FROM unnest($1::bigint[], $2::timestamptz[]) AS k(click_id, created_at)
+CROSS JOIN LATERAL (
+    SELECT * FROM clicks
+    WHERE clicks.click_id = k.click_id AND clicks.created_at = k.created_at
+    LIMIT 1
+) AS c
+"""
+
+
+async def find_clicks(
+    db: Executor, keys: Sequence[tuple[int, datetime]]
+) -> list[asyncpg.Record | None]:
+    """Rows for many (click_id, created_at) keys, in the keys' order (None: not found)."""
+    rows = await db.fetch(FIND_CLICKS, [k[0] for k in keys], [k[1] for k in keys])
+    by_id = {row["click_id"]: row for row in rows}
+    return [by_id.get(click_id) for click_id, _ in keys]
+
+
 async def ensure_click_partitions(db: Executor, days_back: int, days_ahead: int) -> int:
     created: int = await db.fetchval(
         "SELECT ensure_click_partitions($1, $2)", days_back, days_ahead

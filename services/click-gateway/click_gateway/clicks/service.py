@@ -44,7 +44,8 @@ from click_gateway.clicks.visitor import (
     country_of,
 )
 from click_gateway.settings import GatewaySettings
-from postback_core.db.base import asyncpg_dsn
+from postback_core.batching import MicroBatcher
+from postback_core.db.base import asyncpg_dsn, keep_session_state
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class ClickService:
         self.lease: NodeLease | None = None
         self.ids: ClickIdGenerator | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._lookups: MicroBatcher[tuple[int, datetime], asyncpg.Record | None] | None = None
         self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
         self._created_ms = -1
@@ -210,7 +212,13 @@ class ClickService:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=4, reset=keep_session_state
+        )
+        pool = self.pool
+        self._lookups = MicroBatcher(
+            lambda keys: repository.find_clicks(pool, keys), max_in_flight=2, name="click-lookup"
+        )
         await self._maintain_partitions()
         self.lease = NodeLease(self.pool)
         self.ids = await self.lease.start()
@@ -236,6 +244,9 @@ class ClickService:
         await self.buffer.stop()
         if self.lease is not None:
             await self.lease.stop()
+        if self._lookups is not None:
+            await self._lookups.drain()
+            self._lookups = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -412,8 +423,9 @@ class ClickService:
             await asyncio.sleep(FIND_POLL_INTERVAL_SECONDS)
 
     async def _select(self, click_id: int, created_at: datetime) -> asyncpg.Record | None:
-        if self.pool is not None:
-            return await repository.find_click(self.pool, click_id, created_at)
+        if self._lookups is not None:
+            # Concurrent lookups (conversions arriving together) share one query.
+            return await self._lookups.submit((click_id, created_at))
         # Not started (e.g. a tool using the service directly): one short connection.
         conn = await asyncpg.connect(self.dsn)
         try:

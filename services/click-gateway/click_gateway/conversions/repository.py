@@ -9,6 +9,7 @@ inserts neither.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -67,48 +68,64 @@ async def reserve_ids(db: Executor, count: int) -> list[int]:
     return [row["id"] for row in rows]
 
 
-# One statement, so one transaction: the outbox row exists iff the conversion
-# row was inserted by this statement.
-INSERT_WITH_EVENT = """
-WITH new_conversion AS (
+# One statement, so one transaction: an outbox row exists iff its conversion row
+# was inserted by this statement. It takes a batch (group commit: one commit for
+# many requests); the unique constraint still decides each row on its own, also
+# between duplicates inside one batch, and RETURNING names the rows inserted.
+INSERT_MANY_WITH_EVENTS = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[], $10::text[],
+                         $11::timestamptz[], $12::bytea[])
+        AS t(id, click_id, txid, event_id, advertiser_id, publisher_id, offer_id,
+             smartlink_id, payout, status, created_at, payload)
+),
+new_conversion AS (
     INSERT INTO conversions (id, click_id, txid, event_id, advertiser_id, publisher_id,
                              offer_id, smartlink_id, payout, status, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    SELECT id, click_id, txid, event_id, advertiser_id, publisher_id,
+           offer_id, smartlink_id, payout, status, created_at
+    FROM input
     ON CONFLICT ON CONSTRAINT uq_conversions_click_id_txid DO NOTHING
-    RETURNING event_id
+    RETURNING id, event_id
+),
+new_event AS (
+    INSERT INTO outbox (event_id, exchange, routing_key, payload)
+    SELECT n.event_id, $13::text, $14::text, i.payload
+    FROM new_conversion AS n JOIN input AS i ON i.id = n.id
+    ORDER BY n.id
 )
-INSERT INTO outbox (event_id, exchange, routing_key, payload)
-SELECT event_id, $12::text, $13::text, $14::bytea FROM new_conversion
-RETURNING id
+SELECT id FROM new_conversion
 """
 
 
-async def insert_with_event(
-    db: Executor, conversion: NewConversion, *, exchange: str, routing_key: str, payload: bytes
-) -> bool:
-    """True when inserted; False when (click_id, txid) was already recorded.
-
-    A concurrent duplicate waits on the unique index for the first
-    transaction, then inserts nothing, so exactly one request creates it.
-    """
-    outbox_id = await db.fetchval(
-        INSERT_WITH_EVENT,
-        conversion.id,
-        conversion.click_id,
-        conversion.txid,
-        conversion.event_id,
-        conversion.advertiser_id,
-        conversion.publisher_id,
-        conversion.offer_id,
-        conversion.smartlink_id,
-        conversion.payout,
-        conversion.status,
-        conversion.created_at,
+async def insert_many_with_events(
+    db: Executor,
+    conversions: Sequence[tuple[NewConversion, bytes]],
+    *,
+    exchange: str,
+    routing_key: str,
+) -> list[bool]:
+    """Per conversion: True when inserted, False when (click_id, txid) already existed."""
+    rows = await db.fetch(
+        INSERT_MANY_WITH_EVENTS,
+        [c.id for c, _ in conversions],
+        [c.click_id for c, _ in conversions],
+        [c.txid for c, _ in conversions],
+        [c.event_id for c, _ in conversions],
+        [c.advertiser_id for c, _ in conversions],
+        [c.publisher_id for c, _ in conversions],
+        [c.offer_id for c, _ in conversions],
+        [c.smartlink_id for c, _ in conversions],
+        [c.payout for c, _ in conversions],
+        [c.status for c, _ in conversions],
+        [c.created_at for c, _ in conversions],
+        [payload for _, payload in conversions],
         exchange,
         routing_key,
-        payload,
     )
-    return outbox_id is not None
+    inserted = {row["id"] for row in rows}
+    return [c.id in inserted for c, _ in conversions]
 
 
 async def get_by_click_and_txid(db: Executor, click_id: int, txid: str) -> StoredConversion | None:

@@ -38,9 +38,13 @@ router = APIRouter(prefix="/api/v1/conversions", tags=["conversions"], lifespan=
 
 def install(api: FastAPI) -> None:
     """One recorder (pool + caches) and one API-key cache per process."""
-    settings = api.state.runtime.settings
+    runtime = api.state.runtime
+    settings = runtime.settings
     api.state.conversion_recorder = ConversionRecorder(
-        settings.database_url, Decimal(settings.max_payout), pool_size=settings.db_pool_size
+        settings.database_url,
+        Decimal(settings.max_payout),
+        pool_size=settings.db_pool_size,
+        on_committed=runtime.relay.wake,
     )
     api.state.advertiser_key_cache = AdvertiserKeyCache()
     api.include_router(router)

@@ -2,16 +2,21 @@
 
 Latency matters here (the postback chain's clock starts at this request), so
 the path is two database round trips: find the click, then one statement that
-writes the conversion and its outbox event. Advertiser keys and offer terms
-come from short-lived in-process caches; conversion ids are reserved from the
-identity sequence in blocks, so the event can be complete before the insert.
+writes the conversion and its outbox event. Both are group-committed: requests
+arriving together share one lookup query and one insert statement (one commit,
+one WAL flush), which is what lets one process take thousands per second.
+Advertiser keys and offer terms come from short-lived in-process caches;
+conversion ids are reserved from the identity sequence in blocks, so the event
+can be complete before the insert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,9 +27,12 @@ from click_gateway.clicks.service import ClickRecord, ClickService
 from click_gateway.conversions import repository
 from click_gateway.conversions.repository import NewConversion, OfferTerms, StoredConversion
 from click_gateway.conversions.schemas import ConversionRead
+from postback_core.batching import MicroBatcher
 from postback_core.contracts import CONVERSION_CREATED, ConversionEvent, SubIds
-from postback_core.db.base import asyncpg_dsn
+from postback_core.db.base import asyncpg_dsn, keep_session_state
 from postback_core.topology import EVENTS_EXCHANGE
+
+log = logging.getLogger(__name__)
 
 APPROVED = "approved"
 MONEY_QUANTUM = Decimal("0.0001")  # the column's scale
@@ -33,6 +41,10 @@ OFFER_TERMS_TTL_SECONDS = 2.0
 # A conversion that vanished between our failed insert and our read (nothing
 # deletes conversions today) is retried this many times before giving up.
 INSERT_ATTEMPTS = 3
+# Group commit: up to this many insert statements at once, each taking all the
+# conversions that arrived while the others ran.
+INSERTS_IN_FLIGHT = 2
+MAX_INSERT_BATCH = 256
 
 
 class ConversionRefused(Exception):
@@ -88,14 +100,28 @@ def build_event(conversion: NewConversion, click: ClickRecord) -> ConversionEven
 class ConversionRecorder:
     """Owns the conversion path's connection pool and its small caches (one per process)."""
 
-    def __init__(self, database_url: str, max_payout: Decimal, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        max_payout: Decimal,
+        pool_size: int = 10,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_committed`` is called after new outbox rows commit (wakes the relay)."""
         self.dsn = asyncpg_dsn(database_url)
         self.max_payout = max_payout
         self.pool_size = pool_size
+        self._on_committed = on_committed
         self._pool: asyncpg.Pool | None = None
         self._ids: list[int] = []
         self._ids_lock = asyncio.Lock()
         self._offer_terms: dict[int, tuple[OfferTerms, float]] = {}
+        self._inserts: MicroBatcher[tuple[NewConversion, bytes], bool] = MicroBatcher(
+            self._insert_batch,
+            max_batch=MAX_INSERT_BATCH,
+            max_in_flight=INSERTS_IN_FLIGHT,
+            name="conversion-insert",
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -110,9 +136,11 @@ class ConversionRecorder:
                 min_size=1,
                 max_size=self.pool_size,
                 server_settings={"application_name": "click-gateway-conversions"},
+                reset=keep_session_state,
             )
 
     async def stop(self) -> None:
+        await self._inserts.drain()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -179,16 +207,37 @@ class ConversionRecorder:
                 status=APPROVED,
                 created_at=datetime.now(UTC),
             )
-            inserted = await repository.insert_with_event(
-                self.pool,
-                conversion,
-                exchange=EVENTS_EXCHANGE,
-                routing_key=CONVERSION_CREATED,
-                payload=build_event(conversion, click).to_json(),
-            )
+            payload = build_event(conversion, click).to_json()
+            inserted = await self._inserts.submit((conversion, payload))
             if inserted:
                 return ConversionResult(_read(conversion), created=True)
             existing = await repository.get_by_click_and_txid(self.pool, click_id, txid)
             if existing is not None:
                 return ConversionResult(_read(existing), created=False)
         raise ConversionRefused(409, "the conversion changed concurrently; retry")
+
+    async def _insert_batch(
+        self, batch: list[tuple[NewConversion, bytes]]
+    ) -> list[bool | BaseException]:
+        """One statement for the whole batch; if it fails, each row alone (isolation)."""
+        results: list[bool | BaseException]
+        try:
+            results = list(await self._insert(batch))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if len(batch) == 1:
+                return [exc]
+            log.warning("conversion batch of %d failed (%s); inserting one by one", len(batch), exc)
+            results = []
+            for item in batch:
+                try:
+                    results.extend(await self._insert([item]))
+                except (asyncpg.PostgresError, asyncpg.InterfaceError) as one_exc:
+                    results.append(one_exc)
+        if self._on_committed is not None and any(r is True for r in results):
+            self._on_committed()
+        return results
+
+    async def _insert(self, batch: list[tuple[NewConversion, bytes]]) -> list[bool]:
+        return await repository.insert_many_with_events(
+            self.pool, batch, exchange=EVENTS_EXCHANGE, routing_key=CONVERSION_CREATED
+        )

@@ -84,6 +84,10 @@ class OutboxRelay:
             self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
+    def wake(self) -> None:
+        """New rows committed in this process: drain now, don't wait for the NOTIFY."""
+        self._wake.set()
+
     async def stop(self) -> None:
         """Let the batch in flight finish (bounded), then close both connections."""
         self._stopping.set()
