@@ -532,3 +532,120 @@ async def test_conversion_for_a_real_click_right_after_the_redirect(
     assert event.os == "Android"
     assert event.device == "mobile"
     assert (event.sub_ids.sub1, event.sub_ids.sub2, event.sub_ids.sub3) == ("s1", None, "s3")
+
+
+async def test_fifty_concurrent_conversions_each_get_their_own_row_and_event(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    database_url: str,
+    db: asyncpg.Connection,
+    observer: EventObserver,
+) -> None:
+    """Requests arriving together are group-committed; each still gets its own answer."""
+    click_ids = [await _click(database_url, setup) for _ in range(10)]
+    headers = {"X-Api-Key": setup.advertiser_key}
+    requests = [(c, f"t{n}") for c in click_ids for n in range(5)]
+    responses = await asyncio.gather(
+        *(
+            gateway.post(
+                "/api/v1/conversions",
+                json={"click_id": str(c), "txid": txid, "payout": f"1.{n:02d}"},
+                headers=headers,
+            )
+            for n, (c, txid) in enumerate(requests)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * len(requests)
+    for n, ((click_id, txid), response) in enumerate(zip(requests, responses, strict=True)):
+        body = response.json()
+        assert (body["click_id"], body["txid"], body["payout"]) == (
+            str(click_id),
+            txid,
+            f"1.{n:02d}00",
+        )
+    conversion_ids = [r.json()["conversion_id"] for r in responses]
+    assert len(set(conversion_ids)) == len(requests)
+    rows = await db.fetch(
+        "SELECT c.id, c.txid, c.payout FROM conversions c JOIN outbox o ON o.event_id = c.event_id "
+        "WHERE c.click_id = ANY($1::bigint[])",
+        click_ids,
+    )
+    assert len(rows) == len(requests)
+    for conversion_id, (_, txid) in zip(conversion_ids, requests, strict=True):
+        await wait_for(
+            lambda cid=conversion_id: _async(observer.for_conversion(cid)),
+            message=f"event of conversion {conversion_id}",
+        )
+        (observed,) = observer.for_conversion(conversion_id)
+        assert observed.event().txid == txid
+
+
+async def test_post_and_s2s_answer_a_repeat_with_byte_identical_bodies(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    """POST's lean path and the FastAPI route serialise the same conversion alike."""
+    click_id = await _click(database_url, setup)
+    first = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": click_id, "txid": "same", "payout": "2.5"},
+        headers={"X-Api-Key": setup.advertiser_key},
+    )
+    repeat = await gateway.get(
+        "/api/v1/conversions/s2s",
+        params={"click_id": str(click_id), "txid": "same", "key": setup.advertiser_key},
+    )
+    assert (first.status_code, repeat.status_code) == (201, 200)
+    assert repeat.content == first.content
+    assert repeat.headers["content-type"] == first.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json"]
+)
+async def test_json_content_type_variants_are_accepted(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str, content_type: str
+) -> None:
+    click_id = await _click(database_url, setup)
+    response = await gateway.post(
+        "/api/v1/conversions",
+        content=f'{{"click_id": {click_id}}}'.encode(),
+        headers={"X-Api-Key": setup.advertiser_key, "Content-Type": content_type},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["click_id"] == str(click_id)
+
+
+async def test_a_large_padded_body_is_read_in_full(
+    gateway: httpx.AsyncClient, setup: Setup, database_url: str
+) -> None:
+    """Bodies beyond the lean path's limit are handed to FastAPI with nothing lost."""
+    click_id = await _click(database_url, setup)
+    body = b'{"click_id": ' + str(click_id).encode() + b"," + b" " * 100_000 + b'"txid": "big"}'
+    response = await gateway.post(
+        "/api/v1/conversions",
+        content=body,
+        headers={"X-Api-Key": setup.advertiser_key, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["txid"] == "big"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"click_id=1", "application/x-www-form-urlencoded"),
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b"[1, 2]", "application/json"),
+    ],
+)
+async def test_non_json_or_broken_bodies_are_422_with_a_reason(
+    gateway: httpx.AsyncClient, setup: Setup, content: bytes, content_type: str
+) -> None:
+    response = await gateway.post(
+        "/api/v1/conversions",
+        content=content,
+        headers={"X-Api-Key": setup.advertiser_key, "Content-Type": content_type},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]

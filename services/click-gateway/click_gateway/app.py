@@ -1,8 +1,10 @@
 """The gateway's ASGI application.
 
 The SmartLink redirect is the hot path, so ``/get/...`` is answered by a lean
-raw-ASGI handler that bypasses FastAPI's routing and validation; everything
-else (admin and conversion APIs, health, docs) is a normal FastAPI app.
+raw-ASGI handler that bypasses FastAPI's routing and validation; so is the
+common case of ``POST /api/v1/conversions`` (see ``conversions/fast_path.py``).
+Everything else (admin API, conversion errors, health, docs) is a normal
+FastAPI app.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from click_gateway import health
+from click_gateway.conversions import fast_path
 from click_gateway.runtime import GatewayRuntime
 from click_gateway.settings import GatewaySettings
 from postback_core.web import install_error_handlers
@@ -52,12 +55,21 @@ class GatewayApp:
         self.runtime = runtime
         self.api = create_api(runtime)
         self._click = runtime.clicks.handle
+        self.conversions = fast_path.ConversionFastPath(
+            self.api,
+            self.api.state.conversion_recorder,
+            self.api.state.advertiser_key_cache,
+            runtime.clicks,
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(CLICK_PREFIX):
-            await self._click(scope, receive, send)
-        else:
-            await self.api(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(CLICK_PREFIX):
+                return await self._click(scope, receive, send)
+            if path == fast_path.PATH and scope["method"] == "POST":
+                return await self.conversions(scope, receive, send)
+        await self.api(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
