@@ -442,3 +442,67 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _command_of(stat: str) -> str:
+    return stat[stat.index("(") + 1 : stat.rindex(")")]
+
+
+def cpu_by_command() -> dict[str, float]:
+    """CPU seconds used so far by every live process, summed per command name.
+
+    Two snapshots around a run say where the whole machine's CPU went (our
+    services, PostgreSQL backends, RabbitMQ, the load generator) — on a 2-core
+    box shared by all of them, that is what bounds end-to-end figures.
+    """
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / ticks_per_s
+        command = _command_of(stat)
+        totals[command] = totals.get(command, 0.0) + seconds
+    return totals
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / ticks_per_s, total / ticks_per_s
+
+
+class CpuAccount:
+    """Where the machine's CPU went between ``start()`` and ``stop(units)``."""
+
+    def start(self) -> None:
+        self._before = cpu_by_command()
+        self._busy_before = machine_busy_seconds()
+
+    def stop(self, units: int, wall_s: float, top: int = 8) -> dict[str, Any]:
+        after = cpu_by_command()
+        busy, total = machine_busy_seconds()
+        used = {
+            name: seconds - self._before.get(name, 0.0)
+            for name, seconds in after.items()
+            if seconds - self._before.get(name, 0.0) > 0
+        }
+        ranked = sorted(used.items(), key=lambda kv: -kv[1])[:top]
+        busy_s = busy - self._busy_before[0]
+        all_s = total - self._busy_before[1]
+        return {
+            "machine_busy_share": round(busy_s / all_s, 3) if all_s else None,
+            "cores_busy": round(busy_s / wall_s, 2) if wall_s else None,
+            "cpu_us_per_unit_by_command": {
+                name: round(seconds / units * 1e6, 1) for name, seconds in ranked
+            },
+            "cpu_us_per_unit_machine": round(busy_s / units * 1e6, 1) if units else None,
+        }

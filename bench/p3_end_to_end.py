@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 
 from bench.common import (
+    CpuAccount,
     Result,
     Skipped,
     http_status,
@@ -201,6 +202,9 @@ async def run(mode: str, result: Result) -> None:
                 answered[clicks[index]] = at
 
         backlog: list[list[float]] = []
+        account = CpuAccount()
+        account.start()
+        started = time.monotonic()
         async with backlog_sampler(infra, backlog):
             api = await open_loop(
                 "127.0.0.1",
@@ -215,6 +219,9 @@ async def run(mode: str, result: Result) -> None:
             result.figures["conversion_api"] = api.summary()
             say(f"{len(answered):,} conversions answered 201 at {api.summary()['rate_per_s']}/s")
             await _wait_for_postbacks(rcv, len(answered), disp)
+        result.figures["cpu_during_run"] = account.stop(
+            max(len(answered), 1), time.monotonic() - started
+        )
         result.figures["backlog_timeline"] = {
             "columns": ["s", "outbox_unpublished", "work_queue_ready"],
             "samples": backlog,

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import Result, cpu_seconds, infrastructure, pg_activity, say
+from bench.common import CpuAccount, Result, cpu_seconds, infrastructure, pg_activity, say
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
     SIMPLE_OFFER,
@@ -69,10 +69,15 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
         await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
         activity: dict[str, Any] = {}
         cpu = cpu_seconds(_gw.pid)
+        account = CpuAccount()
+        account.start()
         async with pg_activity(infra.dsn, activity):
             measured = await closed_loop(
                 "127.0.0.1", port, CLIENTS, cfg["duration"], request_for("m")
             )
+        result.figures["cpu_during_load"] = account.stop(
+            max(1, measured.completed), measured.elapsed_s
+        )
         result.figures["db_activity_during_load"] = activity
         summary = measured.summary()
         created = measured.statuses.get(201, 0)

@@ -9,7 +9,11 @@ poll every ``OUTBOX_POLL_SECONDS`` is the safety net for lost notifications
 Each batch is claimed with ``FOR UPDATE SKIP LOCKED`` (so any number of gateway
 processes can relay at once without publishing a row twice), published
 concurrently with publisher confirms, and marked published in the same
-transaction. A failed publish leaves the row for later and records
+transaction. Publishing goes straight to the aiormq channel and does not wait
+for each frame to reach the socket before the next (aio-pika's ``publish``
+does, under a channel lock, which in a busy event loop caps a batch at about
+one message per loop iteration); every confirm is still awaited. A failed
+publish leaves the row for later and records
 ``publish_attempts``/``last_error``; the relay then backs off and reconnects,
 forever. Delivery is at-least-once (a crash between the broker's ack and our
 commit republishes): consumers dedupe by ``message_id`` = event id.
@@ -24,9 +28,10 @@ import time
 from typing import Any
 
 import aio_pika
+import aiormq
 import asyncpg
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from click_gateway.outbox import repository
@@ -40,6 +45,7 @@ NOTIFY_CHANNEL = "outbox"
 SCHEMA_VERSION_HEADER = "x-schema-version"
 BROKER_CONNECT_TIMEOUT = 5.0
 PUBLISH_TIMEOUT = 10.0
+PERSISTENT = 2  # AMQP delivery mode
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 # A row the broker itself refuses (nack, unroutable) is retried on its own
@@ -67,7 +73,7 @@ class OutboxRelay:
         self._db: asyncpg.Connection | None = None
         self._broker: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._underlay: aiormq.Channel | None = None
         self._broker_ready = False
         self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
         # id -> (monotonic time of next try, current delay) for broker-refused rows.
@@ -168,16 +174,22 @@ class OutboxRelay:
             version = orjson.loads(payload).get("schema_version")
             if isinstance(version, int):
                 headers[SCHEMA_VERSION_HEADER] = version
-        message = aio_pika.Message(
-            body=payload,
-            message_id=str(row["event_id"]),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=headers,
-        )
-        exchange = await self._exchange(row["exchange"])
-        await exchange.publish(
-            message, routing_key=row["routing_key"], mandatory=True, timeout=PUBLISH_TIMEOUT
+        if self._underlay is None:
+            raise PublishFailed("not connected to the broker")
+        # Nack -> DeliveryError, unroutable -> PublishError (on_return_raises).
+        await self._underlay.basic_publish(
+            payload,
+            exchange=row["exchange"],
+            routing_key=row["routing_key"],
+            properties=aiormq.spec.Basic.Properties(
+                content_type="application/json",
+                delivery_mode=PERSISTENT,
+                message_id=str(row["event_id"]),
+                headers=headers,
+            ),
+            mandatory=True,
+            timeout=PUBLISH_TIMEOUT,
+            wait=False,
         )
 
     def _refused_now(self) -> list[int]:
@@ -214,23 +226,17 @@ class OutboxRelay:
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            topology = await declare_topology(channel, self.settings.postback_retry_delays)
+            await declare_topology(channel, self.settings.postback_retry_delays)
         except BaseException:
             await connection.close()
             raise
         connection.close_callbacks.add(self._on_broker_closed)
         self._broker, self._channel = connection, channel
-        self._exchanges = {topology.events.name: topology.events}
+        underlay = await channel.get_underlay_channel()
+        assert isinstance(underlay, aiormq.Channel)  # for basic_publish(wait=False)
+        self._underlay = underlay
         self._broker_ready = True
         log.info("outbox relay connected to the broker")
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            assert self._channel is not None
-            exchange = await self._channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
-        return exchange
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -244,7 +250,7 @@ class OutboxRelay:
     async def _close_broker(self) -> None:
         self._broker_ready = False
         connection, self._broker, self._channel = self._broker, None, None
-        self._exchanges = {}
+        self._underlay = None
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
