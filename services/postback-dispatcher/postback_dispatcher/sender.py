@@ -1,14 +1,17 @@
 """Sending one postback: an HTTP GET behind a small interface.
 
-aiohttp was chosen by measurement (docs/http-client-choice.md): one shared
-session and connector, redirects followed by hand so every hop passes the SSRF
-guard, and URLs built with ``encoded=True`` so the bytes on the wire are exactly
-the bytes that were signed.
+Redirects are followed by hand so every hop passes the SSRF guard, and URLs are
+built with ``encoded=True`` so the bytes on the wire are exactly the bytes that
+were signed. ``Http1PostbackSender`` (the lean client in ``http1``, pooled
+keep-alive connections) is what the dispatcher uses; ``AiohttpPostbackSender``
+does the same on aiohttp (docs/http-client-choice.md) and is the reference the
+tests hold the lean one to.
 """
 
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
+from postback_dispatcher.http1 import ConnectError, Http1Client, HTTPError
 from postback_dispatcher.ssrf import (
     DNSFailure,
     InvalidTarget,
@@ -76,7 +80,157 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class AiohttpPostbackSender:
+class _RedirectingSender:
+    """The part every client shares: SSRF vetting and hand-followed redirects.
+
+    A subclass does one hop (``_fetch``): either the answer as
+    ``(status, excerpt, location, retry_after)`` or an error as
+    ``(error_class, message)`` in an ``_Error``.
+    """
+
+    def __init__(self, *, guard: TargetGuard, max_redirects: int) -> None:
+        self._guard = guard
+        self._max_redirects = max_redirects
+
+    async def _fetch(
+        self, target: URL, headers: Mapping[str, str]
+    ) -> tuple[int, str | None, str | None, float | None] | _Error:
+        raise NotImplementedError
+
+    async def send(
+        self, url: str, headers: Mapping[str, str], *, headers_for: HeadersForUrl | None = None
+    ) -> SendResult:
+        started = time.perf_counter()
+        current = url
+        hop_headers = headers
+        for hop in range(self._max_redirects + 1):
+            try:
+                target = URL(current, encoded=True)
+                await self._guard.vet(target)
+            except SSRFBlocked as exc:
+                return _result(started, current, error_class="SSRFBlocked", error_message=str(exc))
+            except DNSFailure as exc:
+                return _result(started, current, error_class="DNSError", error_message=str(exc))
+            except (InvalidTarget, ValueError) as exc:
+                return _result(started, current, error_class="InvalidURL", error_message=str(exc))
+            answer = await self._fetch(target, hop_headers)
+            if isinstance(answer, _Error):
+                return _result(
+                    started, current, error_class=answer.error_class, error_message=answer.message
+                )
+            status, excerpt, location, retry_after = answer
+            if status in REDIRECT_STATUSES and location:
+                if hop == self._max_redirects:
+                    return _result(
+                        started,
+                        current,
+                        status=status,
+                        excerpt=excerpt,
+                        error_class="TooManyRedirects",
+                        error_message=f"more than {self._max_redirects} redirects",
+                    )
+                try:
+                    current = str(target.join(URL(location)))
+                except ValueError as exc:
+                    return _result(
+                        started,
+                        current,
+                        status=status,
+                        error_class="InvalidURL",
+                        error_message=str(exc),
+                    )
+                if headers_for is not None:
+                    hop_headers = headers_for(current)
+                continue
+            return _result(
+                started,
+                current,
+                status=status,
+                excerpt=excerpt,
+                error_class=None if 200 <= status < 300 else f"HTTP{status}",
+                retry_after=retry_after,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Error:
+    __slots__ = ("error_class", "message")
+
+    def __init__(self, error_class: str, message: str) -> None:
+        self.error_class = error_class
+        self.message = message
+
+
+def _result(
+    started: float,
+    final_url: str,
+    *,
+    status: int | None = None,
+    excerpt: str | None = None,
+    error_class: str | None = None,
+    error_message: str | None = None,
+    retry_after: float | None = None,
+) -> SendResult:
+    return SendResult(
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        response_excerpt=excerpt,
+        error_class=error_class,
+        error_message=error_message,
+        retry_after=retry_after,
+        final_url=final_url,
+    )
+
+
+class Http1PostbackSender(_RedirectingSender):
+    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        guard: TargetGuard,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        super().__init__(guard=guard, max_redirects=max_redirects)
+        self._timeout = timeout_seconds
+        # The client may only connect where the guard has vetted.
+        self._client = Http1Client(
+            resolve=guard.addresses if guard.enabled else None, excerpt_bytes=EXCERPT_BYTES
+        )
+
+    async def _fetch(
+        self, target: URL, headers: Mapping[str, str]
+    ) -> tuple[int, str | None, str | None, float | None] | _Error:
+        try:
+            reply = await self._client.get(target, headers, self._timeout)
+        except TimeoutError:
+            return _Error("Timeout", "no response in time")
+        except ConnectError as exc:
+            cause = exc.os_error
+            if isinstance(cause, SSRFBlocked):
+                return _Error("SSRFBlocked", str(cause))
+            if isinstance(cause, DNSFailure | socket.gaierror):
+                return _Error("DNSError", str(cause))
+            return _Error("ConnectionError", str(cause))
+        except HTTPError as exc:
+            return _Error(exc.error_class, str(exc))
+        except OSError as exc:
+            return _Error(type(exc).__name__, str(exc))
+        return (
+            reply.status,
+            reply.text_excerpt(EXCERPT_BYTES),
+            reply.location,
+            parse_retry_after(reply.retry_after),
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class AiohttpPostbackSender(_RedirectingSender):
+    """The same on aiohttp (the reference the lean client is tested against)."""
+
     def __init__(
         self,
         *,
@@ -85,9 +239,8 @@ class AiohttpPostbackSender:
         max_connections: int = 0,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
+        super().__init__(guard=guard, max_redirects=max_redirects)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._guard = guard
-        self._max_redirects = max_redirects
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -112,85 +265,33 @@ class AiohttpPostbackSender:
             )
         return self._session
 
-    async def send(
-        self, url: str, headers: Mapping[str, str], *, headers_for: HeadersForUrl | None = None
-    ) -> SendResult:
-        started = time.perf_counter()
-        current = url
-        hop_headers = headers
+    async def _fetch(
+        self, target: URL, headers: Mapping[str, str]
+    ) -> tuple[int, str | None, str | None, float | None] | _Error:
         session = self._get_session()
-
-        def result(
-            status: int | None = None,
-            excerpt: str | None = None,
-            error_class: str | None = None,
-            error_message: str | None = None,
-            retry_after: float | None = None,
-        ) -> SendResult:
-            return SendResult(
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                response_excerpt=excerpt,
-                error_class=error_class,
-                error_message=error_message,
-                retry_after=retry_after,
-                final_url=current,
-            )
-
-        for hop in range(self._max_redirects + 1):
-            try:
-                target = URL(current, encoded=True)
-                await self._guard.vet(target)
-            except SSRFBlocked as exc:
-                return result(error_class="SSRFBlocked", error_message=str(exc))
-            except DNSFailure as exc:
-                return result(error_class="DNSError", error_message=str(exc))
-            except (InvalidTarget, ValueError) as exc:
-                return result(error_class="InvalidURL", error_message=str(exc))
-            try:
-                async with session.get(
-                    target, headers=dict(hop_headers), allow_redirects=False
-                ) as response:
-                    body = await response.content.read(EXCERPT_BYTES)
-                    status = response.status
-                    location = response.headers.get("Location")
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            except TimeoutError:
-                return result(error_class="Timeout", error_message="no response in time")
-            except aiohttp.ClientConnectorError as exc:
-                cause = exc.os_error
-                if isinstance(cause, SSRFBlocked):
-                    return result(error_class="SSRFBlocked", error_message=str(cause))
-                if isinstance(cause, DNSFailure) or isinstance(
-                    exc, aiohttp.ClientConnectorDNSError
-                ):
-                    return result(error_class="DNSError", error_message=str(cause))
-                return result(error_class="ConnectionError", error_message=str(cause))
-            except aiohttp.InvalidURL as exc:
-                return result(error_class="InvalidURL", error_message=str(exc))
-            except (aiohttp.ClientError, OSError) as exc:
-                return result(error_class=type(exc).__name__, error_message=str(exc))
-            excerpt = body.decode("utf-8", "replace") if body else None
-            if status in REDIRECT_STATUSES and location:
-                if hop == self._max_redirects:
-                    return result(
-                        status=status,
-                        excerpt=excerpt,
-                        error_class="TooManyRedirects",
-                        error_message=f"more than {self._max_redirects} redirects",
-                    )
-                try:
-                    current = str(target.join(URL(location)))
-                except ValueError as exc:
-                    return result(status=status, error_class="InvalidURL", error_message=str(exc))
-                if headers_for is not None:
-                    hop_headers = headers_for(current)
-                continue
-            error_class = None if 200 <= status < 300 else f"HTTP{status}"
-            return result(
-                status=status, excerpt=excerpt, error_class=error_class, retry_after=retry_after
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            async with session.get(
+                target, headers=dict(headers), allow_redirects=False
+            ) as response:
+                body = await response.content.read(EXCERPT_BYTES)
+                status = response.status
+                location = response.headers.get("Location")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            return _Error("Timeout", "no response in time")
+        except aiohttp.ClientConnectorError as exc:
+            cause = exc.os_error
+            if isinstance(cause, SSRFBlocked):
+                return _Error("SSRFBlocked", str(cause))
+            if isinstance(cause, DNSFailure) or isinstance(exc, aiohttp.ClientConnectorDNSError):
+                return _Error("DNSError", str(cause))
+            return _Error("ConnectionError", str(cause))
+        except aiohttp.InvalidURL as exc:
+            return _Error("InvalidURL", str(exc))
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Error(type(exc).__name__, str(exc))
+        excerpt = body.decode("utf-8", "replace") if body else None
+        return status, excerpt, location, retry_after
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,0 +1,384 @@
+"""A lean HTTP/1.1 GET client for postbacks: asyncio protocol + httptools, keep-alive pool.
+
+A postback is one GET whose answer matters for its status line and a short
+excerpt of the body. aiohttp's general-purpose request machinery (request and
+response objects, header multidicts, timers, tracing hooks) costs more CPU per
+postback than all the rest of the dispatcher's own work, so the hot path uses
+this client instead. It does exactly what the sender needs and nothing more:
+
+- one request at a time per connection, connections kept alive per
+  (scheme, host, port) and reused last-in first-out; idle ones are closed after
+  ``KEEPALIVE_SECONDS`` or when the server says ``Connection: close``;
+- new connections go only to the addresses the SSRF guard vetted (``connect``
+  is given by the sender), TLS with the default verifying context for https;
+- the response is parsed by httptools; the body is read to its end (so the
+  connection can be reused) but only the first ``excerpt_bytes`` are kept, and
+  a body larger than ``MAX_BODY_BYTES`` closes the connection instead;
+- one deadline per request covers connecting, sending and the whole answer;
+- a request on a reused connection that the server had already closed (no
+  answer byte received) is sent once more on a fresh connection.
+
+The URL goes on the wire byte for byte as given (it was signed that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+from yarl import URL
+
+KEEPALIVE_SECONDS = 15.0
+MAX_BODY_BYTES = 1 << 20
+
+
+class HTTPError(Exception):
+    """A request that got no usable answer; ``error_class`` names the kind for the log."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+class Reply:
+    __slots__ = ("content_encoding", "excerpt", "location", "retry_after", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.excerpt = b""
+        self.location: str | None = None
+        self.retry_after: str | None = None
+        self.content_encoding: str | None = None
+
+    def text_excerpt(self, limit: int) -> str | None:
+        body = self.excerpt
+        if not body:
+            return None
+        if self.content_encoding in ("gzip", "deflate", "x-gzip"):
+            with contextlib.suppress(zlib.error):
+                body = zlib.decompressobj(47).decompress(body, limit)
+        return body[:limit].decode("utf-8", "replace")
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    __slots__ = (
+        "_excerpt_bytes",
+        "_parser",
+        "_reply",
+        "_waiter",
+        "body_bytes",
+        "closed",
+        "complete",
+        "got_bytes",
+        "headers_done",
+        "idle_since",
+        "keep_alive",
+        "sized",
+        "transport",
+    )
+
+    def __init__(self, excerpt_bytes: int) -> None:
+        self._excerpt_bytes = excerpt_bytes
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._reply = Reply()
+        self._parser: Any = None
+        self.got_bytes = False
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.body_bytes = 0
+        self.sized = False
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            # Bytes nobody asked for: the connection can't be trusted any more.
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(HTTPError("ClientResponseError", "unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(HTTPError("ClientResponseError", f"invalid HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self.headers_done and not self.sized:
+                # A body delimited by the end of the connection: the answer is complete.
+                self.keep_alive = False
+                self.complete = True
+                waiter.set_result(self._reply)
+            else:
+                reason = str(exc) if exc else "Server disconnected"
+                waiter.set_exception(HTTPError("ServerDisconnectedError", reason))
+
+    # -- httptools callbacks -----------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 8 and name.lower() == b"location":
+            self._reply.location = value.decode("latin-1")
+        elif len(name) == 11 and name.lower() == b"retry-after":
+            self._reply.retry_after = value.decode("latin-1")
+        elif len(name) == 16 and name.lower() == b"content-encoding":
+            self._reply.content_encoding = value.decode("latin-1").strip().lower()
+        elif (len(name) == 14 and name.lower() == b"content-length") or (
+            len(name) == 17 and name.lower() == b"transfer-encoding"
+        ):
+            self.sized = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self._reply.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        room = self._excerpt_bytes - len(self._reply.excerpt)
+        if room > 0:
+            self._reply.excerpt += body[:room]
+        if self.body_bytes > MAX_BODY_BYTES:
+            # Enough of it: answer now and drop the connection instead of reading on.
+            self.keep_alive = False
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self._reply)
+            self.close()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = bool(self._parser.should_keep_alive())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self._reply)
+
+    # -- use -----------------------------------------------------------------------
+
+    def _fail(self, error: HTTPError) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        self.close()
+
+    def start(self, request: bytes) -> asyncio.Future[Reply]:
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._reply = Reply()
+        self._parser = httptools.HttpResponseParser(self)
+        self.got_bytes = self.headers_done = self.complete = self.keep_alive = False
+        self.sized = False
+        self.body_bytes = 0
+        self.transport.write(request)
+        return self._waiter
+
+    def finish(self) -> None:
+        """After an answer: the next request may come, or the connection ends."""
+        self._waiter = None
+        self._parser = None
+        if not (self.complete and self.keep_alive):
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+
+class Http1Client:
+    """Pooled GETs; ``resolve(host, port)`` says which addresses a new connection may use."""
+
+    def __init__(
+        self,
+        *,
+        resolve: Callable[[str, int], Awaitable[list[tuple[str, int]]]] | None,
+        excerpt_bytes: int,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
+    ) -> None:
+        self._resolve = resolve
+        self._excerpt_bytes = excerpt_bytes
+        self._keepalive = keepalive_seconds
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+        self._ssl: ssl.SSLContext | None = None
+        self._last_sweep = time.monotonic()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    @staticmethod
+    def request_bytes(url: URL, headers: Mapping[str, str]) -> bytes:
+        """The request head, byte for byte: the URL's path and query exactly as given."""
+        path = url.raw_path_qs or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+        lines = [f"GET {path} HTTP/1.1", f"Host: {url.host_port_subcomponent}", "Accept: */*"]
+        if url.raw_user:
+            credentials = f"{unquote(url.raw_user)}:{unquote(url.raw_password or '')}"
+            lines.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
+        for name, value in headers.items():
+            lines.append(f"{name}: {value}")
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise HTTPError("InvalidURL", "line break in the request head")
+        if " " in path:
+            raise HTTPError("InvalidURL", "space in the request target")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1")
+
+    async def get(self, url: URL, headers: Mapping[str, str], seconds: float) -> Reply:
+        """GET ``url``; raises HTTPError (or TimeoutError) when there is no answer."""
+        scheme = url.scheme
+        host = url.raw_host or ""
+        port = url.port or (443 if scheme == "https" else 80)
+        try:
+            request = self.request_bytes(url, headers)
+        except UnicodeEncodeError as exc:
+            raise HTTPError("InvalidURL", f"non-ASCII request head: {exc}") from exc
+        key = (scheme, host.lower(), port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        for attempt in (1, 2):
+            conn = self._take_idle(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(scheme, host, port, deadline - loop.time())
+            self._busy.add(conn)
+            waiter = conn.start(request)
+            timer = loop.call_at(deadline, _expire, waiter)
+            try:
+                reply = await waiter
+            except HTTPError:
+                if reused and not conn.got_bytes and attempt == 1:
+                    continue  # the server had closed the idle connection: once more
+                raise
+            finally:
+                timer.cancel()
+                self._busy.discard(conn)
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    conn.finish()
+                    self._put_idle(key, conn)
+                else:
+                    conn.close()
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(self, scheme: str, host: str, port: int, seconds: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = self._ssl_context() if scheme == "https" else None
+        bare = host.strip("[]")
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                if self._resolve is None:
+                    _transport, conn = await loop.create_connection(
+                        lambda: _Connection(self._excerpt_bytes),
+                        bare,
+                        port,
+                        ssl=tls,
+                        server_hostname=bare if tls else None,
+                    )
+                    return conn
+                addresses = await self._resolve(host, port)
+                last: OSError | None = None
+                for address, family in addresses:
+                    try:
+                        _transport, conn = await loop.create_connection(
+                            lambda: _Connection(self._excerpt_bytes),
+                            address,
+                            port,
+                            family=family,
+                            ssl=tls,
+                            server_hostname=bare if tls else None,
+                        )
+                        return conn
+                    except OSError as exc:
+                        last = exc
+                raise last or OSError(f"cannot connect to {host}:{port}")
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise _ConnectError(exc) from exc
+
+    def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        limit = time.monotonic() - self._keepalive
+        while idle:
+            conn = idle.pop()
+            if conn.usable and conn.idle_since > limit:
+                return conn
+            conn.close()
+        return None
+
+    def _put_idle(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        if not conn.usable:
+            return
+        now = time.monotonic()
+        conn.idle_since = now
+        self._idle.setdefault(key, []).append(conn)
+        if now - self._last_sweep > self._keepalive:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        limit = now - self._keepalive
+        for key, idle in list(self._idle.items()):
+            keep = [c for c in idle if c.usable and c.idle_since > limit]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        for conn in list(self._busy):
+            conn.close()
+        self._busy.clear()
+
+
+class _ConnectError(HTTPError):
+    """Could not open a connection; ``os_error`` is why (SSRF refusal, DNS, refused...)."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__("ConnectionError", str(os_error))
+        self.os_error = os_error
+
+
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+ConnectError = _ConnectError
