@@ -14,14 +14,16 @@ requests in flight as the raw loop has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.common import Result, Skipped, cpu_seconds, infrastructure, say
+from bench.common import Result, Skipped, cpu_seconds, infrastructure, rss_kib, say
 from bench.events import publish_events
 from bench.http_clients import run_get_loop_process
 from bench.seed import seed_postback_publishers
@@ -35,10 +37,60 @@ FIRST_ARRIVAL_TIMEOUT = {"quick": 8.0, "full": 30.0}
 
 def dispatcher_env(concurrency: int = CONCURRENCY) -> dict[str, Any]:
     # BENCH_P2_PER_HOST: experiment switch (e.g. 256 = no waiters on the per-host limiter).
-    return {
+    # BENCH_P2_WORKERS: experiment switch for DISPATCHER_WORKERS (default: the setting's).
+    env: dict[str, Any] = {
         "DISPATCHER_CONCURRENCY": 256,
         "POSTBACK_PER_HOST_CONCURRENCY": os.environ.get("BENCH_P2_PER_HOST", concurrency),
     }
+    if os.environ.get("BENCH_P2_WORKERS"):
+        env["DISPATCHER_WORKERS"] = os.environ["BENCH_P2_WORKERS"]
+    return env
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the dispatcher may run worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError):  # exited meanwhile
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` and its live descendants, in KiB."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):  # exited meanwhile
+            total += rss_kib(member)
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 async def wait_for_deliveries(
@@ -92,14 +144,23 @@ async def dispatcher_throughput(
     published = await publish_events(infra.amqp_url, conversion_ids, publisher_ids)
     await rcv.reset()
     async with dispatcher(infra, name, **dispatcher_env(concurrency)) as (proc, _base):
-        cpu = cpu_seconds(proc.pid)
+        # The whole process tree: with DISPATCHER_WORKERS > 1 the consumers are children.
+        processes = len(process_tree(proc.pid))
+        cpu = tree_cpu_seconds(proc.pid)
+        busy, total = machine_busy_seconds()
         figures = await wait_for_deliveries(
             rcv, len(conversion_ids), proc.alive, first_arrival_timeout
         )
-        used = cpu_seconds(proc.pid) - cpu
+        used = tree_cpu_seconds(proc.pid) - cpu
+        busy_after, total_after = machine_busy_seconds()
         # Includes its start-up work after /healthz answered; small beside the run.
         figures["dispatcher_cpu_us_per_postback"] = round(used / len(conversion_ids) * 1e6, 1)
         figures["dispatcher_cpu_share_of_one_core"] = round(used / figures["wall_s"], 2)
+        figures["dispatcher_processes"] = processes
+        # How busy the whole machine was meanwhile (share of all cores; 1.0 = saturated).
+        figures["machine_cpu_busy_share"] = round(
+            (busy_after - busy) / max(total_after - total, 1e-9), 2
+        )
     figures["prefill"] = published
     return figures
 

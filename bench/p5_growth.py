@@ -2,7 +2,8 @@
 
 a) Dispatcher memory with a small vs a large work-queue backlog. A slow receiver
    (answers after RECEIVER_DELAY_MS) keeps the backlog in place while we sample
-   VmRSS from /proc every 100 ms; the figure is the peak of the window.
+   VmRSS (summed over the process tree) from /proc every 100 ms; the figure is the
+   peak of the window.
 b) Fresh-postback throughput (as P2) with nothing vs many messages waiting in the
    longest retry tier (published straight into it; its TTL is hours).
 c) Dead-letter list page (GET /api/v1/dead-letters?limit=50, admin bearer) with
@@ -22,9 +23,9 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import ADMIN_TOKEN, Infra, Result, Skipped, infrastructure, rss_kib, say
+from bench.common import ADMIN_TOKEN, Infra, Result, Skipped, infrastructure, say
 from bench.events import publish_events, purge_queue, queue_depth
-from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput
+from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput, process_tree, tree_rss_kib
 from bench.seed import seed_postback_publishers
 from bench.services import dispatcher, receiver
 from postback_core.settings import DEFAULT_RETRY_DELAYS
@@ -79,14 +80,17 @@ async def _rss_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(cfg["rss_settle_s"])
                 samples: list[int] = []
+                processes = len(process_tree(proc.pid))
                 end = time.monotonic() + cfg["rss_window_s"]
                 while time.monotonic() < end:
-                    samples.append(rss_kib(proc.pid))
+                    # The whole process tree (DISPATCHER_WORKERS > 1 runs children).
+                    samples.append(tree_rss_kib(proc.pid))
                     await asyncio.sleep(0.1)
                 depth = await queue_depth(infra.amqp_url, WORK_QUEUE)
             say(f"RSS with {size:,} queued: peak {max(samples) / 1024:.1f} MiB")
             figures[label] = {
                 "queued_at_start": size,
+                "dispatcher_processes": processes,
                 "ready_in_queue_after_window": depth,
                 "delivered_during_window": await rcv.count(),
                 "rss_peak_mib": round(max(samples) / 1024, 1),

@@ -192,8 +192,13 @@ class PostbackConsumer:
         *,
         sender: PostbackSender,
         publisher: ConfirmedPublisher,
+        name: str = "postback-dispatcher",
+        archive_dead_letters: bool = True,
     ) -> None:
         self.settings = settings
+        self.name = name
+        # One process archives the dead-letter queue (the serving one, with workers).
+        self.archive_dead_letters = archive_dead_letters
         self.sender = sender
         self.publisher = publisher
         self.delays = settings.postback_retry_delays
@@ -242,14 +247,15 @@ class PostbackConsumer:
         self._acks.start()
         self._cache = PostbackSettingsCache(self._pool, self.settings.settings_cache_seconds)
         self._connection = await aio_pika.connect_robust(
-            self.settings.amqp_url, client_properties={"connection_name": "postback-dispatcher"}
+            self.settings.amqp_url, client_properties={"connection_name": self.name}
         )
         setup = await self._connection.channel()
         topology = await declare_topology(setup, self.delays)
         await setup.close()
         await self.publisher.attach(self._connection)
-        self._archiver = DeadLetterArchiver(self._pool)
-        await self._archiver.start(self._connection)
+        if self.archive_dead_letters:
+            self._archiver = DeadLetterArchiver(self._pool)
+            await self._archiver.start(self._connection)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.concurrency)
         self._work_queue = topology.work_queue.name
@@ -257,8 +263,10 @@ class PostbackConsumer:
         # After a reconnect the robust channel restores its QoS; we re-subscribe.
         self._channel.reopen_callbacks.add(self._resubscribe)
         log.info(
-            "dispatcher consuming: concurrency=%d retry_delays=%s max_attempts=%d",
+            "%s consuming: concurrency=%d per_host=%d retry_delays=%s max_attempts=%d",
+            self.name,
             self.settings.concurrency,
+            self.settings.per_host_concurrency,
             ",".join(f"{d:g}" for d in self.delays),
             self.max_attempts,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -9,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from postback_core.db.base import create_engine, create_sessionmaker
 from postback_dispatcher.broker import ConfirmedPublisher
 from postback_dispatcher.consumer import PostbackConsumer
-from postback_dispatcher.sender import AiohttpPostbackSender, PostbackSender
+from postback_dispatcher.sender import Http1PostbackSender, PostbackSender
 from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.ssrf import TargetGuard
+from postback_dispatcher.workers import WorkerProcesses, worker_settings
 
 
 @dataclass
@@ -24,31 +26,46 @@ class DispatcherRuntime:
     sender: PostbackSender
     publisher: ConfirmedPublisher
     consumer: PostbackConsumer
+    workers: WorkerProcesses | None = None
 
     @classmethod
     def build(cls, settings: DispatcherSettings) -> DispatcherRuntime:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         sessionmaker = create_sessionmaker(engine)
         guard = TargetGuard(enabled=not settings.postback_allow_private_targets)
-        sender = AiohttpPostbackSender(
-            timeout_seconds=settings.postback_timeout_seconds, guard=guard
-        )
+        sender = Http1PostbackSender(timeout_seconds=settings.postback_timeout_seconds, guard=guard)
         publisher = ConfirmedPublisher()
+        consumer_settings = worker_settings(settings)
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             sender=sender,
             publisher=publisher,
-            consumer=PostbackConsumer(settings, sender=sender, publisher=publisher),
+            consumer=PostbackConsumer(consumer_settings, sender=sender, publisher=publisher),
+            workers=(
+                WorkerProcesses(consumer_settings, settings.workers - 1)
+                if settings.workers > 1
+                else None
+            ),
         )
 
     async def start(self) -> None:
         await self.consumer.start()
+        if self.workers is not None:
+            try:
+                await self.workers.start()
+            except BaseException:
+                await self.consumer.stop()
+                raise
 
     async def stop(self) -> None:
         try:
-            await self.consumer.stop()
+            # Every consumer drains its in-flight postbacks at the same time.
+            if self.workers is not None:
+                await asyncio.gather(self.consumer.stop(), self.workers.stop())
+            else:
+                await self.consumer.stop()
         finally:
             await self.sender.close()
             await self.engine.dispose()

@@ -13,6 +13,8 @@ class DispatcherSettings(HTTPServiceSettings):
     postback_allow_private_targets: bool = Field(False, alias="POSTBACK_ALLOW_PRIVATE_TARGETS")
     # Messages in flight at once (= AMQP prefetch).
     concurrency: int = Field(256, alias="DISPATCHER_CONCURRENCY", ge=1, le=10_000)
+    # Consumer processes (the serving process is one of them); see workers.py.
+    workers: int = Field(1, alias="DISPATCHER_WORKERS", ge=1, le=64)
     per_host_concurrency: int = Field(32, alias="POSTBACK_PER_HOST_CONCURRENCY", ge=1, le=1000)
     breaker_failure_threshold: int = Field(5, alias="POSTBACK_BREAKER_THRESHOLD", ge=1)
     breaker_cooldown_seconds: float = Field(30.0, alias="POSTBACK_BREAKER_COOLDOWN_SECONDS", gt=0)
