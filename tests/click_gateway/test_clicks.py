@@ -608,3 +608,30 @@ async def test_start_prepares_daily_partitions_and_drops_expired_ones(
     assert expected <= partitions
     assert "clicks_20200101" not in partitions
     assert "clicks_default" in partitions
+
+
+async def test_a_smartlink_created_elsewhere_redirects_at_once(
+    database_url: str,
+    amqp_url: str,
+    db: asyncpg.Pool,
+    publisher_id: int,
+    advertiser_id: int,
+) -> None:
+    """Created by another process (here: straight in SQL): no 404 until the next refresh."""
+    settings = GatewaySettings(
+        DATABASE_URL=database_url,
+        AMQP_URL=amqp_url,
+        CACHE_REFRESH_SECONDS=60,  # the periodic refresh won't come to the rescue
+    )
+    app = create_app(settings)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/get/not-yet", headers=BROWSER)).status_code == 404
+        offer_id = await create_offer(db, advertiser_id)
+        _, code = await create_smartlink(db, publisher_id, [offer_id])
+        first = await client.get(f"/get/{code}?cid=new", headers=BROWSER)
+        assert first.status_code == 302, first.text
+        # Unknown codes still answer 404, concurrently and without error.
+        misses = await asyncio.gather(
+            *(client.get(f"/get/nope-{n}", headers=BROWSER) for n in range(20))
+        )
+        assert {r.status_code for r in misses} == {404}

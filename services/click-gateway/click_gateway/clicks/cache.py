@@ -30,6 +30,8 @@ from click_gateway.offers.macros import OFFER_URL_MACROS
 log = logging.getLogger(__name__)
 
 FULL_RELOAD_SECONDS = 60.0
+# An unknown SmartLink code triggers a fingerprint check at most this often.
+MISS_RECHECK_SECONDS = 0.2
 # Per-SmartLink memo of (country, os, device) → eligible offers; bounded.
 MAX_TARGETING_MEMO = 4096
 
@@ -204,6 +206,8 @@ class CatalogCache:
         self._fingerprint: tuple[Any, ...] | None = None
         self._loaded_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._miss_check: asyncio.Future[bool] | None = None
+        self._miss_checked_at = -MISS_RECHECK_SECONDS
 
     async def start(self) -> None:
         await self.reload()
@@ -236,6 +240,36 @@ class CatalogCache:
                 return False
         await self.reload()
         return True
+
+    async def find_new(self, code: str) -> SmartLinkEntry | None:
+        """A code missing from the snapshot: was it created moments ago (maybe elsewhere)?
+
+        Another gateway process (or worker) may have just created it, so a miss
+        checks the fingerprint at once instead of answering 404 until the next
+        refresh. Concurrent misses share one check, and checks start at most
+        every ``MISS_RECHECK_SECONDS`` (a miss waits for the next one), so a
+        flood of unknown codes costs a few cheap queries per second.
+        """
+        check = self._miss_check
+        if check is None:
+            now = time.monotonic()
+            delay = max(0.0, self._miss_checked_at + MISS_RECHECK_SECONDS - now)
+            self._miss_checked_at = now + delay
+            check = self._miss_check = asyncio.ensure_future(self._refresh_after(delay))
+            check.add_done_callback(self._miss_check_done)
+        with contextlib.suppress(Exception):  # the periodic refresh logs failures
+            await asyncio.shield(check)
+        return self.smartlinks.get(code)
+
+    async def _refresh_after(self, delay: float) -> bool:
+        if delay:
+            await asyncio.sleep(delay)
+        return await self.refresh()
+
+    def _miss_check_done(self, check: asyncio.Future[bool]) -> None:
+        self._miss_check = None
+        if not check.cancelled():
+            check.exception()  # retrieved here; callers see it through the shield
 
     async def _refresh_forever(self) -> None:
         failing = False

@@ -292,8 +292,10 @@ class ClickService:
             code = code[:-1]
         smartlink = cache.smartlinks.get(code)
         if smartlink is None:
-            await self._send_page(send, NOT_FOUND_PAGE, method)
-            return
+            smartlink = await cache.find_new(code)
+            if smartlink is None:
+                await self._send_page(send, NOT_FOUND_PAGE, method)
+                return
 
         user_agent = ""
         forwarded_for = None
