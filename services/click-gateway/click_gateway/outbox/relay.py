@@ -141,20 +141,16 @@ class OutboxRelay:
                 results = await asyncio.gather(
                     *(self._publish(row) for row in rows), return_exceptions=True
                 )
-                published = []
                 for row, result in zip(rows, results, strict=True):
                     if isinstance(result, BaseException):
                         failed.append((row["id"], result))
                     else:
-                        published.append(row["id"])
                         self._refused.pop(row["id"], None)
-                if published:
-                    await repository.mark_published(self._db, published)
+                if failed:
+                    error = _describe(failed[0][1])
+                    await repository.unmark_failed(self._db, [i for i, _ in failed], error)
             self.published_count += len(rows) - len(failed)
             if failed:
-                error = _describe(failed[0][1])
-                async with self._db.transaction():
-                    await repository.record_failure(self._db, [i for i, _ in failed], error)
                 if any(_is_connection_error(exc) for _, exc in failed):
                     await self._close_broker()
                     raise PublishFailed(

@@ -25,23 +25,25 @@ async def add_message(
 
 # The relay uses a raw asyncpg connection: it is on the latency path of every
 # conversion event, and it also LISTENs, which SQLAlchemy sessions don't do.
+# Claim and mark in one statement: the rows are locked (other relays skip
+# them) and marked published inside the caller's transaction, which commits
+# only after the broker confirmed them; rows it failed to publish are put back
+# with ``unmark_failed`` in the same transaction. A crash before the commit
+# leaves them unpublished (at-least-once).
 CLAIM_BATCH = """
-SELECT id, event_id, exchange, routing_key, payload
-FROM outbox
-WHERE published_at IS NULL AND NOT (id = ANY($2::bigint[]))
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-MARK_PUBLISHED = """
 UPDATE outbox
 SET published_at = clock_timestamp(), publish_attempts = publish_attempts + 1, last_error = NULL
-WHERE id = ANY($1::bigint[])
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND NOT (id = ANY($2::bigint[]))
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, event_id, exchange, routing_key, payload
 """
-RECORD_FAILURE = """
-UPDATE outbox
-SET publish_attempts = publish_attempts + 1, last_error = $2
-WHERE id = ANY($1::bigint[]) AND published_at IS NULL
+UNMARK_FAILED = """
+UPDATE outbox SET published_at = NULL, last_error = $2 WHERE id = ANY($1::bigint[])
 """
 DELETE_PUBLISHED_BEFORE = """
 DELETE FROM outbox WHERE published_at < clock_timestamp() - make_interval(secs => $1)
@@ -50,20 +52,18 @@ DELETE FROM outbox WHERE published_at < clock_timestamp() - make_interval(secs =
 
 async def claim_batch(
     conn: asyncpg.Connection, limit: int, skip_ids: Sequence[int] = ()
-) -> Sequence[asyncpg.Record]:
-    """Lock up to ``limit`` unpublished rows; other relays skip them (call inside a tx).
+) -> list[asyncpg.Record]:
+    """Lock and mark up to ``limit`` unpublished rows, oldest first (call inside a tx).
 
     ``skip_ids``: rows the broker refused recently, left out until their retry time.
     """
-    return await conn.fetch(CLAIM_BATCH, limit, list(skip_ids))
+    rows = await conn.fetch(CLAIM_BATCH, limit, list(skip_ids))
+    return sorted(rows, key=lambda row: row["id"])
 
 
-async def mark_published(conn: asyncpg.Connection, ids: list[int]) -> None:
-    await conn.execute(MARK_PUBLISHED, ids)
-
-
-async def record_failure(conn: asyncpg.Connection, ids: list[int], error: str) -> None:
-    await conn.execute(RECORD_FAILURE, ids, error[:2000])
+async def unmark_failed(conn: asyncpg.Connection, ids: list[int], error: str) -> None:
+    """Claimed rows that were not published: back to unpublished, with the reason."""
+    await conn.execute(UNMARK_FAILED, ids, error[:2000])
 
 
 async def delete_published_before(conn: asyncpg.Connection, age_seconds: float) -> str:
