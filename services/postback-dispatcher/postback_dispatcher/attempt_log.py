@@ -50,7 +50,8 @@ class AttemptLogWriter:
         self._waiters.append(waiter)
         if len(self._waiters) >= self._max_batch:
             self._wakeup.set()
-        await asyncio.shield(waiter)
+        # The waiter is this caller's own: if the caller is cancelled, the flush skips it.
+        await waiter
 
     async def _run(self) -> None:
         while not self._closing:

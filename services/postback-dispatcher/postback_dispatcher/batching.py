@@ -26,6 +26,9 @@ from postback_dispatcher.repository import Claim, ClaimRequest
 log = logging.getLogger(__name__)
 
 
+_NO_HEADERS: dict[str, Any] = {}
+
+
 class Delivery:
     """One consumed message, straight from aiormq.
 
@@ -37,7 +40,8 @@ class Delivery:
 
     def __init__(self, raw: DeliveredMessage) -> None:
         self.body: bytes = raw.body
-        self.headers: dict[str, Any] = dict(raw.header.properties.headers or {})
+        # Read-only here (follow-ups build their own header dicts).
+        self.headers: dict[str, Any] = raw.header.properties.headers or _NO_HEADERS
         self.delivery_tag: int | None = getattr(raw.delivery, "delivery_tag", None)
         self.channel: AbstractChannel = raw.channel
 

@@ -9,8 +9,10 @@ without a request), then lets a single probe through (half-open).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -77,24 +79,61 @@ class CircuitBreakers:
 
 
 class HostLimiter:
-    """At most ``per_host`` concurrent sends to one host."""
+    """At most ``per_host`` concurrent sends to one host.
+
+    A counter and a FIFO of waiters per host (``asyncio.Semaphore.locked()`` walks
+    all its waiters, which at hundreds of queued postbacks costs more than the
+    send). A released slot is handed straight to the next waiter.
+    """
 
     def __init__(self, per_host: int) -> None:
         self.per_host = per_host
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._users: dict[str, int] = {}
+        self._active: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, host: str) -> None:
+        active = self._active.get(host, 0)
+        if active < self.per_host and host not in self._waiters:
+            self._active[host] = active + 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.get(host)
+        if queue is None:
+            queue = self._waiters[host] = deque()
+        queue.append(waiter)
+        try:
+            await waiter  # the slot is handed over by ``release``
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(host)  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(host) is queue:
+                    del self._waiters[host]
+            raise
+
+    def release(self, host: str) -> None:
+        queue = self._waiters.get(host)
+        if queue is not None:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    if not queue:
+                        del self._waiters[host]
+                    waiter.set_result(None)  # the slot moves to this waiter
+                    return
+            del self._waiters[host]
+        active = self._active[host] - 1
+        if active:
+            self._active[host] = active
+        else:
+            del self._active[host]  # forget idle hosts
 
     @asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[None]:
-        semaphore = self._slots.get(host)
-        if semaphore is None:
-            semaphore = self._slots[host] = asyncio.Semaphore(self.per_host)
-        self._users[host] = self._users.get(host, 0) + 1
+        await self.acquire(host)
         try:
-            async with semaphore:
-                yield
+            yield
         finally:
-            self._users[host] -= 1
-            if self._users[host] == 0:  # forget idle hosts
-                del self._users[host]
-                del self._slots[host]
+            self.release(host)

@@ -63,7 +63,7 @@ from postback_dispatcher.attempt_log import AttemptLogWriter
 from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
 from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
 from postback_dispatcher.broker import ConfirmedPublisher
-from postback_dispatcher.rendering import macro_values, render_postback_url
+from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
     AttemptRecord,
     ClaimRequest,
@@ -72,7 +72,7 @@ from postback_dispatcher.repository import (
 )
 from postback_dispatcher.sender import PostbackSender, SendResult
 from postback_dispatcher.settings import DispatcherSettings
-from postback_dispatcher.signing import postback_headers
+from postback_dispatcher.signing import signed_headers as postback_headers
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,6 @@ def host_key(url: str) -> str:
         return (parts.netloc or "").lower().rsplit("@", 1)[-1]
     except ValueError:
         return ""
-
-
-@functools.lru_cache(maxsize=4096)
-def template_host(template: str) -> str | None:
-    """The host of a template when no macro stands in it (the usual case), else None."""
-    try:
-        netloc = urlsplit(template.strip()).netloc
-    except ValueError:
-        return None
-    return None if "{" in netloc else netloc.lower().rsplit("@", 1)[-1]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -390,7 +380,8 @@ class PostbackConsumer:
             return
 
         token = target.security_token
-        url = render_postback_url(target.url_template, macro_values(event, token))
+        compiled = compile_template(target.url_template)
+        url = compiled.render(event, token)
         url_masked = mask_token(url, token)
 
         claim = await self._claims.claim(
@@ -429,19 +420,18 @@ class PostbackConsumer:
         attempt_trigger = trigger if attempt_no == 1 or trigger == "replay" else "retry"
         if attempt_no > 1 and trigger == "replay" and header_int(headers, HEADER_ATTEMPT) > 0:
             attempt_trigger = "retry"
-        host = template_host(target.url_template) or host_key(url)
+        host = compiled.host or host_key(url)
         started_at = _now()
-        async with self.limiter.slot(host):
+        await self.limiter.acquire(host)
+        try:
             if self.breakers.allow(host):
-                event_id = str(event.event_id)
-
-                def headers_for(hop_url: str) -> dict[str, str]:
-                    return postback_headers(event_id, hop_url, token)
-
-                result = await self.sender.send(url, headers_for(url), headers_for=headers_for)
+                headers_for = functools.partial(postback_headers, str(event.event_id), token)
+                result = await self.sender.send(
+                    url, postback_headers(str(event.event_id), token, url), headers_for=headers_for
+                )
                 verdict, reason = classify(result)
                 self.breakers.record(host, failed=verdict == "retry")
-                outcome_name = {"delivered": "delivered", "retry": "retry", "dead": "dead"}[verdict]
+                outcome_name = verdict
             else:
                 self.metrics.breaker_open += 1
                 log.info(
@@ -452,6 +442,8 @@ class PostbackConsumer:
                 result = SendResult(None, 0.0, None, "BreakerOpen", "circuit open", None, url)
                 verdict, reason = "retry", None
                 outcome_name = "breaker_open"
+        finally:
+            self.limiter.release(host)
 
         error_text = self._error_text(result, token)
         if verdict == "retry" and attempt_no >= self.max_attempts:

@@ -12,10 +12,11 @@ rendered string is exactly what goes on the wire and what gets signed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import lru_cache
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 from postback_core.contracts import ConversionEvent
 from postback_core.macros import MACRO_NAMES, MACRO_PATTERN
@@ -95,3 +96,71 @@ def render_postback_url(template: str, values: Mapping[str, str | None]) -> str:
             if value:
                 out.append(value if _UNRESERVED.fullmatch(value) else quote(value, safe=""))
     return "".join(out)
+
+
+@lru_cache(maxsize=1024)
+def _payout_text(payout: str) -> str:
+    return format_payout(Decimal(payout))
+
+
+def _encoded(value: str | None) -> str:
+    if not value:
+        return ""
+    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
+
+
+def _int_text(value: int | None) -> str:
+    # Digits (and a minus sign) are unreserved: nothing to encode.
+    return "" if value is None else str(value)
+
+
+# Each macro's percent-encoded value, from the event and the security token; the
+# same values as ``render_postback_url(template, macro_values(event, token))``.
+_MACRO_VALUE: dict[str, Callable[[Any, str | None], str]] = {
+    "click_id": lambda e, t: _int_text(e.click_id),
+    "external_id": lambda e, t: _encoded(e.external_id),
+    "publisher_id": lambda e, t: _int_text(e.publisher_id),
+    "payout": lambda e, t: _payout_text(str(e.payout)),
+    "country": lambda e, t: _encoded(e.country),
+    "ip": lambda e, t: _encoded(e.ip),
+    "os": lambda e, t: _encoded(e.os),
+    "device": lambda e, t: _encoded(e.device),
+    "offer_id": lambda e, t: _int_text(e.offer_id),
+    "smartlink_id": lambda e, t: _int_text(e.smartlink_id),
+    "security_token": lambda e, t: _encoded(t),
+}
+
+
+class CompiledTemplate:
+    """A publisher's template parsed once: render per event, and its host when fixed.
+
+    ``host`` is ``host[:port]`` lower-cased (the unit of per-host fairness) when no
+    macro stands in the authority (the usual case), else None.
+    """
+
+    __slots__ = ("_first", "_steps", "host")
+
+    def __init__(self, template: str) -> None:
+        template = template.strip()
+        parsed = parse_template(template)
+        self._first = parsed[0]
+        self._steps = tuple(
+            (_MACRO_VALUE[parsed[i]], parsed[i + 1]) for i in range(1, len(parsed), 2)
+        )
+        try:
+            netloc = urlsplit(template).netloc
+        except ValueError:
+            netloc = "{"
+        self.host = None if "{" in netloc else netloc.lower().rsplit("@", 1)[-1]
+
+    def render(self, event: ConversionEvent, security_token: str | None) -> str:
+        out = [self._first]
+        for value_of, literal in self._steps:
+            out.append(value_of(event, security_token))
+            out.append(literal)
+        return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def compile_template(template: str) -> CompiledTemplate:
+    return CompiledTemplate(template)

@@ -21,7 +21,7 @@ import asyncpg
 ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
     kind: ClaimKind
     attempt_no: int
@@ -86,7 +86,7 @@ ATTEMPT_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptRecord:
     conversion_id: int | None
     event_id: uuid.UUID | None
@@ -123,7 +123,7 @@ class AttemptRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryOutcome:
     """The state a finished attempt leaves on the conversion's delivery row."""
 
@@ -270,7 +270,7 @@ LEFT JOIN deliveries cur ON cur.conversion_id = i.conversion_id AND c.conversion
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimRequest:
     conversion_id: int
     event_id: uuid.UUID

@@ -37,7 +37,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 HeadersForUrl = Callable[[str], Mapping[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendResult:
     status: int | None
     duration_ms: float

@@ -21,7 +21,7 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 def compute_signature(token: str, timestamp: int | str, url: str) -> str:
     """``v1=<hex HMAC-SHA256(token, "<timestamp>.<url>")>``."""
-    digest = hmac.new(token.encode(), f"{timestamp}.{url}".encode(), hashlib.sha256).hexdigest()
+    digest = hmac.digest(token.encode(), f"{timestamp}.{url}".encode(), hashlib.sha256).hex()
     return f"{SIGNATURE_VERSION}={digest}"
 
 
@@ -32,6 +32,16 @@ def postback_headers(
     headers = {"User-Agent": USER_AGENT, HEADER_ID: event_id}
     if security_token:
         timestamp = int(time.time() if now is None else now)
+        headers[HEADER_TIMESTAMP] = str(timestamp)
+        headers[HEADER_SIGNATURE] = compute_signature(security_token, timestamp, url)
+    return headers
+
+
+def signed_headers(event_id: str, security_token: str | None, url: str) -> dict[str, str]:
+    """``postback_headers`` with the URL last (so a partial can fix event and token)."""
+    headers = {"User-Agent": USER_AGENT, HEADER_ID: event_id}
+    if security_token:
+        timestamp = int(time.time())
         headers[HEADER_TIMESTAMP] = str(timestamp)
         headers[HEADER_SIGNATURE] = compute_signature(security_token, timestamp, url)
     return headers
