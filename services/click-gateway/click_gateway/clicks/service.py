@@ -46,6 +46,7 @@ from click_gateway.clicks.visitor import (
 from click_gateway.settings import GatewaySettings
 from postback_core.batching import MicroBatcher
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.db.lanes import ConnectionLanes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ PARTITION_MAINTENANCE_SECONDS = 3600.0
 RECENT_CLICK_SECONDS = 2.0
 FIND_POLL_DEADLINE_SECONDS = 1.5
 FIND_POLL_INTERVAL_SECONDS = 0.05
+# Batched click lookups (conversions): queries in flight at once, one connection each.
+LOOKUPS_IN_FLIGHT = 2
 
 _REDIRECT_HEADERS_TAIL = (
     (b"cache-control", b"no-store"),
@@ -204,6 +207,7 @@ class ClickService:
         self.ids: ClickIdGenerator | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._lookups: MicroBatcher[tuple[int, datetime], asyncpg.Record | None] | None = None
+        self._lookup_lanes: ConnectionLanes | None = None
         self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
         self._created_ms = -1
@@ -215,9 +219,15 @@ class ClickService:
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=1, max_size=4, reset=keep_session_state
         )
-        pool = self.pool
+        self._lookup_lanes = ConnectionLanes(
+            self.dsn, LOOKUPS_IN_FLIGHT, application_name="click-gateway-click-lookup"
+        )
+        await self._lookup_lanes.start()
+        lanes = self._lookup_lanes
         self._lookups = MicroBatcher(
-            lambda keys: repository.find_clicks(pool, keys), max_in_flight=2, name="click-lookup"
+            lambda keys: lanes.run(lambda conn: repository.find_clicks(conn, keys)),
+            max_in_flight=LOOKUPS_IN_FLIGHT,
+            name="click-lookup",
         )
         await self._maintain_partitions()
         self.lease = NodeLease(self.pool)
@@ -247,6 +257,9 @@ class ClickService:
         if self._lookups is not None:
             await self._lookups.drain()
             self._lookups = None
+        if self._lookup_lanes is not None:
+            await self._lookup_lanes.close()
+            self._lookup_lanes = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

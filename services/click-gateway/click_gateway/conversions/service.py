@@ -30,6 +30,7 @@ from click_gateway.conversions.schemas import ConversionRead
 from postback_core.batching import MicroBatcher
 from postback_core.contracts import CONVERSION_CREATED, ConversionEvent, SubIds
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.db.lanes import ConnectionLanes
 from postback_core.topology import EVENTS_EXCHANGE
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ class ConversionRecorder:
         self._ids: list[int] = []
         self._ids_lock = asyncio.Lock()
         self._offer_terms: dict[int, tuple[OfferTerms, float]] = {}
+        self._lanes = ConnectionLanes(
+            self.dsn, INSERTS_IN_FLIGHT, application_name="click-gateway-conversions"
+        )
         self._inserts: MicroBatcher[tuple[NewConversion, bytes], bool] = MicroBatcher(
             self._insert_batch,
             max_batch=MAX_INSERT_BATCH,
@@ -130,6 +134,7 @@ class ConversionRecorder:
         return self._pool
 
     async def start(self) -> None:
+        await self._lanes.start()
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -141,6 +146,7 @@ class ConversionRecorder:
 
     async def stop(self) -> None:
         await self._inserts.drain()
+        await self._lanes.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -238,6 +244,8 @@ class ConversionRecorder:
         return results
 
     async def _insert(self, batch: list[tuple[NewConversion, bytes]]) -> list[bool]:
-        return await repository.insert_many_with_events(
-            self.pool, batch, exchange=EVENTS_EXCHANGE, routing_key=CONVERSION_CREATED
+        return await self._lanes.run(
+            lambda conn: repository.insert_many_with_events(
+                conn, batch, exchange=EVENTS_EXCHANGE, routing_key=CONVERSION_CREATED
+            )
         )
