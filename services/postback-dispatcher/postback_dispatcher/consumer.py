@@ -36,7 +36,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from postback_core.contracts import ContractError, ConversionEvent, decode_conversion_event
+from postback_core.contracts import ContractError
 from postback_core.db.base import asyncpg_dsn
 from postback_core.topology import (
     DEAD_EXCHANGE,
@@ -63,6 +63,7 @@ from postback_dispatcher.attempt_log import AttemptLogWriter
 from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
 from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
 from postback_dispatcher.broker import ConfirmedPublisher
+from postback_dispatcher.events import DispatchEvent, decode_event
 from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
     AttemptRecord,
@@ -83,6 +84,10 @@ PERMANENT_ERRORS = {
     "InvalidURL": "invalid_url",
     "TooManyRedirects": "too_many_redirects",
 }
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 def _now() -> datetime:
@@ -229,6 +234,9 @@ class PostbackConsumer:
             asyncpg_dsn(self.settings.database_url),
             min_size=1,
             max_size=self.settings.db_pool_size,
+            # The default reset costs a round trip per release (UNLISTEN, RESET ALL, ...);
+            # nothing here sets session state. An open transaction is still rolled back.
+            reset=_keep_session,
         )
         self._log = AttemptLogWriter(self._pool)
         self._log.start()
@@ -341,7 +349,7 @@ class PostbackConsumer:
         assert self._pool is not None and self._cache is not None and self._log is not None
         headers: Mapping[str, Any] = message.headers or {}
         try:
-            event = decode_conversion_event(message.body)
+            event = decode_event(message.body)
         except ContractError as exc:
             self.metrics.poison += 1
             log.warning("poison message dead-lettered: %s", exc.reason[:200])
@@ -369,7 +377,7 @@ class PostbackConsumer:
         self,
         message: Delivery,
         headers: Mapping[str, Any],
-        event: ConversionEvent,
+        event: DispatchEvent,
         sequence: int,
     ) -> None:
         assert self._cache is not None and self._log is not None and self._claims is not None
@@ -602,7 +610,7 @@ class PostbackConsumer:
     async def _skip(
         self,
         message: Delivery,
-        event: ConversionEvent,
+        event: DispatchEvent,
         sequence: int,
         trigger: str,
         headers: Mapping[str, Any],

@@ -153,7 +153,8 @@ class CompiledTemplate:
             netloc = "{"
         self.host = None if "{" in netloc else netloc.lower().rsplit("@", 1)[-1]
 
-    def render(self, event: ConversionEvent, security_token: str | None) -> str:
+    def render(self, event: Any, security_token: str | None) -> str:
+        """The URL for ``event`` (a ConversionEvent or the dispatcher's DispatchEvent)."""
         out = [self._first]
         for value_of, literal in self._steps:
             out.append(value_of(event, security_token))
