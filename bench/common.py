@@ -506,3 +506,25 @@ class CpuAccount:
             },
             "cpu_us_per_unit_machine": round(busy_s / units * 1e6, 1) if units else None,
         }
+
+
+async def drop_outbox_notify_if_asked(infra: Any, result: Result) -> None:
+    """Experiment switch BENCH_WITHOUT_OUTBOX_NOTIFY=1 (not a product setting).
+
+    Drops the outbox NOTIFY trigger in the benchmark's database before the
+    services start: the gateway's relay is then woken only in-process (after
+    its own commits) and by its poll.
+    """
+    if not (
+        os.environ.get("BENCH_WITHOUT_OUTBOX_NOTIFY") or os.environ.get("BENCH_P4_WITHOUT_NOTIFY")
+    ):
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(infra.dsn)
+    try:
+        await conn.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
+    finally:
+        await conn.close()
+    result.notes.append("EXPERIMENT: outbox_notify trigger dropped for this run")
+    result.figures["experiment"] = "outbox_notify trigger dropped"

@@ -27,6 +27,7 @@ from bench.common import (
     CpuAccount,
     Result,
     Skipped,
+    drop_outbox_notify_if_asked,
     http_status,
     infrastructure,
     percentile,
@@ -164,8 +165,15 @@ async def run(mode: str, result: Result) -> None:
         "rate; gateway + dispatcher + receiver each in its own process; latency = receiver "
         "arrival - API answer (wall clock)"
     )
+    async with infrastructure("p3") as infra:
+        await drop_outbox_notify_if_asked(infra, result)
+        await _measure(infra, result, count, warm, duration, warmup)
+
+
+async def _measure(
+    infra: Any, result: Result, count: int, warm: int, duration: float, warmup: float
+) -> None:
     async with (
-        infrastructure("p3") as infra,
         receiver("p3-receiver", record=True) as rcv,
         gateway(infra, "p3-gateway") as (_gw, base),
         dispatcher(infra, "p3-dispatcher") as (disp, _dbase),

@@ -10,13 +10,20 @@ relay publishes the outbox to RabbitMQ meanwhile (no dispatcher runs).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
 import asyncpg
 
-from bench.common import CpuAccount, Result, cpu_seconds, infrastructure, pg_activity, say
+from bench.common import (
+    CpuAccount,
+    Result,
+    cpu_seconds,
+    drop_outbox_notify_if_asked,
+    infrastructure,
+    pg_activity,
+    say,
+)
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
     SIMPLE_OFFER,
@@ -41,16 +48,7 @@ async def run(mode: str, result: Result) -> None:
         f"{cfg['clicks']} clicks, unique txid per request (every answer a new conversion)"
     )
     async with infrastructure("p4") as infra:
-        if os.environ.get("BENCH_P4_WITHOUT_NOTIFY"):
-            # Experiment (not a product setting): what the outbox NOTIFY trigger costs.
-            # Without it the relay still finds rows by polling (OUTBOX_POLL_SECONDS).
-            conn = await asyncpg.connect(infra.dsn)
-            try:
-                await conn.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
-            finally:
-                await conn.close()
-            result.notes.append("EXPERIMENT: outbox_notify trigger dropped for this run")
-            result.figures["experiment"] = "outbox_notify trigger dropped"
+        await drop_outbox_notify_if_asked(infra, result)
         await _measure(infra, cfg, result)
 
 
