@@ -1,17 +1,27 @@
-"""The SSRF guard, switched on, against the real sender and real loopback servers."""
+"""The SSRF guard, switched on, against the real senders and real loopback servers.
+
+Every test runs with the dispatcher's lean client and with the aiohttp reference.
+"""
 
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from postback_dispatcher.sender import AiohttpPostbackSender
+from postback_dispatcher.sender import AiohttpPostbackSender, Http1PostbackSender
 from postback_dispatcher.ssrf import TargetGuard, system_resolve
 from tests.support.servers import Receiver
 
 HEADERS = {"X-Postback-Id": "t"}
+SENDERS = [Http1PostbackSender, AiohttpPostbackSender]
+
+
+@pytest.fixture(params=SENDERS, ids=["http1", "aiohttp"])
+def sender_class(request: pytest.FixtureRequest) -> Any:
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -30,8 +40,8 @@ HEADERS = {"X-Postback-Id": "t"}
         "http://localhost/",
     ],
 )
-async def test_non_global_targets_are_refused(url: str) -> None:
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
+async def test_non_global_targets_are_refused(url: str, sender_class: Any) -> None:
+    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:
         result = await sender.send(url, HEADERS)
     finally:
@@ -41,8 +51,8 @@ async def test_non_global_targets_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost"])
-async def test_only_http_urls_with_a_host(url: str) -> None:
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
+async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
+    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:
         result = await sender.send(url, HEADERS)
     finally:
@@ -50,11 +60,11 @@ async def test_only_http_urls_with_a_host(url: str) -> None:
     assert result.error_class == "InvalidURL", result
 
 
-async def test_hostname_with_any_private_address_is_refused() -> None:
+async def test_hostname_with_any_private_address_is_refused(sender_class: Any) -> None:
     async def resolve(host: str, port: int) -> list[tuple[str, int]]:
         return [("93.184.216.34", socket.AF_INET), ("10.0.0.5", socket.AF_INET)]
 
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(resolve=resolve))
+    sender = sender_class(timeout_seconds=2, guard=TargetGuard(resolve=resolve))
     try:
         result = await sender.send("http://rebind.example/pb", HEADERS)
     finally:
@@ -62,7 +72,9 @@ async def test_hostname_with_any_private_address_is_refused() -> None:
     assert result.error_class == "SSRFBlocked"
 
 
-async def test_connects_to_the_vetted_address_and_rechecks_redirects(receiver: Receiver) -> None:
+async def test_connects_to_the_vetted_address_and_rechecks_redirects(
+    receiver: Receiver, sender_class: Any
+) -> None:
     """A "public" host (resolved by an injected resolver, allow-listed on one port) is
     reached at the address vetted; its redirect to a loopback address is refused."""
     port = int(receiver.base_url.rsplit(":", 1)[1])
@@ -75,7 +87,7 @@ async def test_connects_to_the_vetted_address_and_rechecks_redirects(receiver: R
         return await system_resolve(host, port_)
 
     guard = TargetGuard(resolve=resolve, allowed_targets=[("127.0.0.1", port)])
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=guard)
+    sender = sender_class(timeout_seconds=2, guard=guard)
 
     def responder(request):
         if request.path == "/hop-private":
@@ -105,9 +117,9 @@ async def test_connects_to_the_vetted_address_and_rechecks_redirects(receiver: R
         await sender.close()
 
 
-async def test_redirects_are_limited_to_three(receiver: Receiver) -> None:
+async def test_redirects_are_limited_to_three(receiver: Receiver, sender_class: Any) -> None:
     receiver.responder = lambda request: web.Response(status=302, headers={"Location": "/again"})
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=False))
+    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=False))
     try:
         result = await sender.send(receiver.base_url + "/start", HEADERS)
     finally:
@@ -116,8 +128,8 @@ async def test_redirects_are_limited_to_three(receiver: Receiver) -> None:
     assert len(receiver.requests) == 4
 
 
-async def test_guard_off_allows_loopback(receiver: Receiver) -> None:
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=False))
+async def test_guard_off_allows_loopback(receiver: Receiver, sender_class: Any) -> None:
+    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=False))
     try:
         result = await sender.send(receiver.base_url + "/pb", HEADERS)
     finally:
