@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +40,8 @@ from bench.seed import Seeded, seed_click_scenario
 from bench.services import dispatcher, gateway, receiver
 from postback_core.topology import WORK_QUEUE
 
-RATE = 500.0
+# The target rate; BENCH_P3_RATE is an experiment switch (how latency behaves below it).
+RATE = float(os.environ.get("BENCH_P3_RATE", "500"))
 SIZES = {"quick": {"duration": 1.0, "warmup": 0.5}, "full": {"duration": 20.0, "warmup": 3.0}}
 SIMPLE_OFFER = [{"name": "Any visitor", "payout": "0.5000", "weight": 100}]
 POSTBACK_TEMPLATE = "/pb?click_id={click_id}&external_id={external_id}&payout={payout}"
