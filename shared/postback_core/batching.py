@@ -66,14 +66,20 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _start_batch(self) -> None:
-        batch = self._pending[: self._max_batch]
-        del self._pending[: self._max_batch]
         self._in_flight += 1
-        task = asyncio.create_task(self._run(batch), name=f"{self._name}-batch")
+        task = asyncio.create_task(self._run(), name=f"{self._name}-batch")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
+    async def _run(self) -> None:
+        # The batch is taken when the task first runs, not when it was created:
+        # everything submitted in the same event-loop iteration (requests read
+        # from the sockets in one go) joins it, without any added wait.
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        if not batch:  # another batch took them
+            self._in_flight -= 1
+            return
         self.batches += 1
         self.items += len(batch)
         try:

@@ -34,13 +34,24 @@ async def test_an_idle_batcher_runs_a_single_call_at_once() -> None:
     assert recorder.batches == [[4]]
 
 
+async def test_calls_made_in_the_same_loop_iteration_share_one_batch() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    batcher: MicroBatcher[int, int] = MicroBatcher(recorder.double)
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
+    assert await asyncio.gather(*calls) == [i * 2 for i in range(10)]
+    assert recorder.batches == [list(range(10))]
+
+
 async def test_calls_arriving_while_batches_run_share_the_next_batch() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[int, int] = MicroBatcher(recorder.double, max_in_flight=1)
-    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
-    await _settle()  # every call queues up behind the first batch
+    first = asyncio.ensure_future(batcher.submit(0))
+    await _settle()  # the first batch is running (and blocked)
+    later = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 10)]
+    await _settle()
     recorder.release.set()
-    assert await asyncio.gather(*calls) == [i * 2 for i in range(10)]
+    assert await asyncio.gather(first, *later) == [i * 2 for i in range(10)]
     assert recorder.batches == [[0], list(range(1, 10))]
 
 
@@ -49,10 +60,10 @@ async def test_max_batch_splits_and_max_in_flight_runs_batches_side_by_side() ->
     batcher: MicroBatcher[int, int] = MicroBatcher(recorder.double, max_batch=3, max_in_flight=2)
     calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(8)]
     await _settle()
-    assert recorder.batches == [[0], [1]]  # two in flight, the rest waiting
+    assert recorder.batches == [[0, 1, 2], [3, 4, 5]]  # two in flight, the rest waiting
     recorder.release.set()
     assert await asyncio.gather(*calls) == [i * 2 for i in range(8)]
-    assert sorted(len(b) for b in recorder.batches) == [1, 1, 3, 3]
+    assert recorder.batches == [[0, 1, 2], [3, 4, 5], [6, 7]]
 
 
 async def test_an_item_level_failure_fails_only_its_caller() -> None:
@@ -92,4 +103,4 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_others() -> None:
     recorder.release.set()
     assert await second == 4
     await batcher.drain()
-    assert recorder.batches == [[1], [2]]
+    assert recorder.batches == [[1, 2]]
