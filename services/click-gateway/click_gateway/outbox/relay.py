@@ -9,10 +9,10 @@ poll every ``OUTBOX_POLL_SECONDS`` is the safety net for lost notifications
 Each batch is claimed with ``FOR UPDATE SKIP LOCKED`` (so any number of gateway
 processes can relay at once without publishing a row twice), published
 concurrently with publisher confirms, and marked published in the same
-transaction. Publishing goes straight to the aiormq channel and does not wait
-for each frame to reach the socket before the next (aio-pika's ``publish``
-does, under a channel lock, which in a busy event loop caps a batch at about
-one message per loop iteration); every confirm is still awaited. A failed
+transaction. A batch goes to the broker in one socket write
+(``postback_core.amqp_batch``: aio-pika's per-message ``publish`` cost more CPU
+than the rest of a conversion, and in a busy event loop it sent about one
+message per loop iteration); every message's confirm is still awaited. A failed
 publish leaves the row for later and records
 ``publish_attempts``/``last_error``; the relay then backs off and reconnects,
 forever. Delivery is at-least-once (a crash between the broker's ack and our
@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from click_gateway.outbox import repository
 from click_gateway.settings import GatewaySettings
+from postback_core.amqp_batch import Outgoing, publish_batch
 from postback_core.db.base import asyncpg_dsn
 from postback_core.topology import declare_topology
 
@@ -45,7 +46,6 @@ NOTIFY_CHANNEL = "outbox"
 SCHEMA_VERSION_HEADER = "x-schema-version"
 BROKER_CONNECT_TIMEOUT = 5.0
 PUBLISH_TIMEOUT = 10.0
-PERSISTENT = 2  # AMQP delivery mode
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 # A row the broker itself refuses (nack, unroutable) is retried on its own
@@ -138,11 +138,9 @@ class OutboxRelay:
                 rows = await repository.claim_batch(self._db, batch_size, self._refused_now())
                 if not rows:
                     return
-                results = await asyncio.gather(
-                    *(self._publish(row) for row in rows), return_exceptions=True
-                )
+                results = await self._publish(rows)
                 for row, result in zip(rows, results, strict=True):
-                    if isinstance(result, BaseException):
+                    if result is not None:
                         failed.append((row["id"], result))
                     else:
                         self._refused.pop(row["id"], None)
@@ -163,29 +161,13 @@ class OutboxRelay:
             if len(rows) < batch_size:
                 return
 
-    async def _publish(self, row: asyncpg.Record) -> None:
-        payload: bytes = row["payload"]
-        headers: dict[str, Any] = {}
-        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-            version = orjson.loads(payload).get("schema_version")
-            if isinstance(version, int):
-                headers[SCHEMA_VERSION_HEADER] = version
+    async def _publish(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+        """One write for the whole batch; one outcome (None = confirmed) per row."""
         if self._underlay is None:
-            raise PublishFailed("not connected to the broker")
-        # Nack -> DeliveryError, unroutable -> PublishError (on_return_raises).
-        await self._underlay.basic_publish(
-            payload,
-            exchange=row["exchange"],
-            routing_key=row["routing_key"],
-            properties=aiormq.spec.Basic.Properties(
-                content_type="application/json",
-                delivery_mode=PERSISTENT,
-                message_id=str(row["event_id"]),
-                headers=headers,
-            ),
-            mandatory=True,
-            timeout=PUBLISH_TIMEOUT,
-            wait=False,
+            error = PublishFailed("not connected to the broker")
+            return [error for _ in rows]
+        return await publish_batch(
+            self._underlay, [_outgoing(row) for row in rows], confirm_timeout=PUBLISH_TIMEOUT
         )
 
     def _refused_now(self) -> list[int]:
@@ -229,7 +211,7 @@ class OutboxRelay:
         connection.close_callbacks.add(self._on_broker_closed)
         self._broker, self._channel = connection, channel
         underlay = await channel.get_underlay_channel()
-        assert isinstance(underlay, aiormq.Channel)  # for basic_publish(wait=False)
+        assert isinstance(underlay, aiormq.Channel)  # for publish_batch
         self._underlay = underlay
         self._broker_ready = True
         log.info("outbox relay connected to the broker")
@@ -276,6 +258,22 @@ class OutboxRelay:
         stale = time.monotonic() - 2 * REFUSED_RETRY_MAX
         self._refused = {i: v for i, v in self._refused.items() if v[0] > stale}
         await repository.delete_published_before(self._db, KEEP_PUBLISHED_SECONDS)
+
+
+def _outgoing(row: asyncpg.Record) -> Outgoing:
+    payload: bytes = row["payload"]
+    headers: dict[str, Any] | None = None
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+        version = orjson.loads(payload).get("schema_version")
+        if isinstance(version, int):
+            headers = {SCHEMA_VERSION_HEADER: version}
+    return Outgoing(
+        exchange=row["exchange"],
+        routing_key=row["routing_key"],
+        body=payload,
+        message_id=str(row["event_id"]),
+        headers=headers,
+    )
 
 
 def _is_connection_error(exc: BaseException) -> bool:
