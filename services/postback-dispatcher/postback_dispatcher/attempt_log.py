@@ -25,7 +25,7 @@ _WRITE_RETRIES = 3
 
 class AttemptLogWriter:
     def __init__(
-        self, pool: asyncpg.Pool, *, flush_interval: float = 0.005, max_batch: int = 500
+        self, pool: asyncpg.Pool, *, flush_interval: float = 0.010, max_batch: int = 500
     ) -> None:
         self._pool = pool
         self._flush_interval = flush_interval
@@ -48,18 +48,30 @@ class AttemptLogWriter:
         if outcome is not None:
             self._outcomes.append(outcome)
         self._waiters.append(waiter)
-        if len(self._waiters) >= self._max_batch:
+        if len(self._waiters) == 1 or len(self._waiters) >= self._max_batch:
             self._wakeup.set()
         # The waiter is this caller's own: if the caller is cancelled, the flush skips it.
         await waiter
 
     async def _run(self) -> None:
+        # Idle until the first record of a batch; then collect for ``flush_interval``
+        # (or until the batch is full) and write it; what arrives meanwhile is next.
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+            await self._wakeup.wait()
             self._wakeup.clear()
+            if len(self._waiters) < self._max_batch and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full_or_closing(), self._flush_interval)
             await self._flush()
+            if self._waiters:
+                self._wakeup.set()
         await self._flush()
+
+    async def _full_or_closing(self) -> None:
+        self._wakeup.clear()
+        while len(self._waiters) < self._max_batch and not self._closing:
+            await self._wakeup.wait()
+            self._wakeup.clear()
 
     async def _flush(self) -> None:
         if not self._waiters:

@@ -59,7 +59,7 @@ class ClaimBatcher:
         max_attempts: int,
         *,
         max_batch: int = 256,
-        linger_seconds: float = 0.002,
+        linger_seconds: float = 0.004,
     ) -> None:
         self._pool = pool
         self._max_attempts = max_attempts
@@ -123,7 +123,7 @@ class AckBatcher:
     ``straggler_seconds`` so it doesn't hold a prefetch slot for long.
     """
 
-    def __init__(self, *, interval: float = 0.003, straggler_seconds: float = 0.05) -> None:
+    def __init__(self, *, interval: float = 0.005, straggler_seconds: float = 0.05) -> None:
         self._interval = interval
         self._straggler = straggler_seconds
         self._channel: AbstractChannel | None = None

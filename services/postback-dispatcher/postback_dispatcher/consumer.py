@@ -31,7 +31,7 @@ import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import (
-    AbstractChannel,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aiormq.abc import DeliveredMessage
@@ -204,7 +204,7 @@ class PostbackConsumer:
         self.limiter = HostLimiter(settings.per_host_concurrency)
         self.metrics = Metrics()
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._consumer_tag: str | None = None
         self._work_queue = ""
         self._pool: asyncpg.Pool | None = None
@@ -228,7 +228,8 @@ class PostbackConsumer:
             and not self._channel.is_closed
         )
 
-    async def start(self) -> None:
+    async def start(self, *, consume: bool = True) -> None:
+        """Connect and declare; with ``consume=False`` the caller calls ``consume`` later."""
         self._stopping = False
         self._pool = await asyncpg.create_pool(
             asyncpg_dsn(self.settings.database_url),
@@ -257,6 +258,12 @@ class PostbackConsumer:
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.concurrency)
         self._work_queue = topology.work_queue.name
+        if consume:
+            await self.consume()
+
+    async def consume(self) -> None:
+        """Start taking messages from the work queue."""
+        assert self._channel is not None
         await self._subscribe()
         # After a reconnect the robust channel restores its QoS; we re-subscribe.
         self._channel.reopen_callbacks.add(self._resubscribe)

@@ -51,13 +51,23 @@ class DispatcherRuntime:
         )
 
     async def start(self) -> None:
-        await self.consumer.start()
-        if self.workers is not None:
+        if self.workers is None:
+            await self.consumer.start()
+            return
+        # Start the worker processes while this one connects; all consume from the same
+        # moment, so no consumer takes a head start on the backlog.
+        outcomes = await asyncio.gather(
+            self.consumer.start(consume=False), self.workers.start(), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if not failed:
             try:
-                await self.workers.start()
-            except BaseException:
-                await self.consumer.stop()
-                raise
+                await self.consumer.consume()
+                return
+            except BaseException as exc:
+                failed.append(exc)
+        await asyncio.gather(self.consumer.stop(), self.workers.stop(), return_exceptions=True)
+        raise failed[0]
 
     async def stop(self) -> None:
         try:
