@@ -44,6 +44,8 @@ DEFAULT_TEST_SETTINGS: dict[str, Any] = {
     "POSTBACK_BREAKER_COOLDOWN_SECONDS": 0.5,
     "POSTBACK_SETTINGS_CACHE_SECONDS": 0,
     "DISPATCHER_CONCURRENCY": 64,
+    # One in-process consumer unless a test asks for more (test_workers.py).
+    "DISPATCHER_WORKERS": 1,
     "SHUTDOWN_GRACE_SECONDS": 3,
 }
 

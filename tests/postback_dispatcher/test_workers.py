@@ -10,7 +10,7 @@ import aio_pika
 import asyncpg
 
 from postback_core.topology import WORK_QUEUE
-from postback_dispatcher.settings import DispatcherSettings
+from postback_dispatcher.settings import AUTO_WORKERS_MAX, DispatcherSettings
 from postback_dispatcher.workers import worker_settings
 from tests.postback_dispatcher.conftest import (
     create_publisher_with_settings,
@@ -57,6 +57,12 @@ def test_the_per_host_cap_is_shared_out() -> None:
     assert worker_settings(settings).concurrency == settings.concurrency  # prefetch per worker
     single = DispatcherSettings(ENV="dev", DISPATCHER_WORKERS=1)
     assert worker_settings(single) is single
+
+
+def test_workers_default_to_one_per_cpu_at_most_four() -> None:
+    auto = DispatcherSettings(ENV="dev", _env_file=None)
+    assert auto.workers == max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX))
+    assert DispatcherSettings(ENV="dev", DISPATCHER_WORKERS=3).workers == 3
 
 
 async def test_workers_share_the_queue_and_all_drain_on_stop(

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 
 from postback_core.settings import HTTPServiceSettings
+
+AUTO_WORKERS_MAX = 4
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 class DispatcherSettings(HTTPServiceSettings):
@@ -13,8 +24,9 @@ class DispatcherSettings(HTTPServiceSettings):
     postback_allow_private_targets: bool = Field(False, alias="POSTBACK_ALLOW_PRIVATE_TARGETS")
     # Messages in flight at once (= AMQP prefetch).
     concurrency: int = Field(256, alias="DISPATCHER_CONCURRENCY", ge=1, le=10_000)
-    # Consumer processes (the serving process is one of them); see workers.py.
-    workers: int = Field(1, alias="DISPATCHER_WORKERS", ge=1, le=64)
+    # Consumer processes (the serving process is one of them; see workers.py);
+    # 0: one per CPU this process may run on, at most AUTO_WORKERS_MAX.
+    workers_setting: int = Field(0, alias="DISPATCHER_WORKERS", ge=0, le=64)
     per_host_concurrency: int = Field(32, alias="POSTBACK_PER_HOST_CONCURRENCY", ge=1, le=1000)
     breaker_failure_threshold: int = Field(5, alias="POSTBACK_BREAKER_THRESHOLD", ge=1)
     breaker_cooldown_seconds: float = Field(30.0, alias="POSTBACK_BREAKER_COOLDOWN_SECONDS", gt=0)
@@ -22,3 +34,10 @@ class DispatcherSettings(HTTPServiceSettings):
     shutdown_grace_seconds: float = Field(10.0, alias="SHUTDOWN_GRACE_SECONDS", gt=0)
     # Signs the web pages' session cookies; derived from ADMIN_TOKEN when empty.
     session_secret: str = Field("", alias="SESSION_SECRET", repr=False)
+
+    @property
+    def workers(self) -> int:
+        """How many consumer processes to run (DISPATCHER_WORKERS, 0 resolved)."""
+        if self.workers_setting > 0:
+            return self.workers_setting
+        return max(1, min(available_cpus(), AUTO_WORKERS_MAX))
