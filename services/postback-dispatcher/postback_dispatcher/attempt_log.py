@@ -25,7 +25,7 @@ _WRITE_RETRIES = 3
 
 class AttemptLogWriter:
     def __init__(
-        self, pool: asyncpg.Pool, *, flush_interval: float = 0.010, max_batch: int = 500
+        self, pool: asyncpg.Pool, *, flush_interval: float = 0.020, max_batch: int = 500
     ) -> None:
         self._pool = pool
         self._flush_interval = flush_interval

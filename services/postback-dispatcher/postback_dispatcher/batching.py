@@ -59,7 +59,7 @@ class ClaimBatcher:
         max_attempts: int,
         *,
         max_batch: int = 256,
-        linger_seconds: float = 0.004,
+        linger_seconds: float = 0.008,
     ) -> None:
         self._pool = pool
         self._max_attempts = max_attempts
