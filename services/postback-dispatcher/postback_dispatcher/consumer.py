@@ -156,6 +156,13 @@ class PostbackSettingsCache:
         self._entries: dict[int, tuple[float, PostbackTarget | None]] = {}
         self._loading: dict[int, asyncio.Future[PostbackTarget | None]] = {}
 
+    def cached(self, publisher_id: int) -> PostbackTarget | None:
+        """The fresh cached value without a coroutine; LookupError: ``await get``."""
+        entry = self._entries.get(publisher_id)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        raise LookupError(publisher_id)
+
     async def get(self, publisher_id: int) -> PostbackTarget | None:
         entry = self._entries.get(publisher_id)
         if entry is not None and entry[0] > time.monotonic():
@@ -323,23 +330,15 @@ class PostbackConsumer:
     # -- per message ---------------------------------------------------------------
 
     async def _on_delivery(self, raw: DeliveredMessage) -> None:
-        # aiormq runs each delivery in its own task.
-        await self._on_message(Delivery(raw))
-
-    async def _on_message(self, message: Delivery) -> None:
+        # aiormq runs each delivery in its own task (one function, not a chain of
+        # coroutines: this runs thousands of times a second).
         if self._stopping:
             return  # arrived after the cancel: left unacked, it returns to the queue on close
-        # aio-pika already runs each delivery in its own task; track it for the stop.
+        message = Delivery(raw)
         self._acks.received(message)
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._handle(message)
-        finally:
-            self._tasks.discard(task)
-
-    async def _handle(self, message: Delivery) -> None:
+        self._tasks.add(task)  # tracked for the stop
         try:
             await self._process(message)
         except asyncio.CancelledError:
@@ -351,6 +350,8 @@ class PostbackConsumer:
                 await asyncio.sleep(1.0)
                 await message.nack(requeue=True)
                 self._acks.settled(message)
+        finally:
+            self._tasks.discard(task)
 
     async def _process(self, message: Delivery) -> None:
         assert self._pool is not None and self._cache is not None and self._log is not None
@@ -389,7 +390,10 @@ class PostbackConsumer:
     ) -> None:
         assert self._cache is not None and self._log is not None and self._claims is not None
         trigger = header_text(headers, HEADER_TRIGGER) or "first"
-        target = await self._cache.get(event.publisher_id)
+        try:
+            target = self._cache.cached(event.publisher_id)
+        except LookupError:
+            target = await self._cache.get(event.publisher_id)
         if target is None:
             await self._skip(message, event, sequence, trigger, headers)
             return
@@ -412,8 +416,8 @@ class PostbackConsumer:
             )
             self._acks.ack(message)
             return
-        history = self._history_from(headers)
         if claim.kind == "limit":
+            history = self._history_from(headers)
             # A redelivery after the last attempt was already made (crash in between).
             history["reason"] = "exhausted"
             await self._publish_dead(message, headers, "exhausted", history, url_masked)
@@ -493,6 +497,7 @@ class PostbackConsumer:
             self._acks.ack(message)
             return
 
+        history = self._history_from(headers)
         entry = {
             "attempt": attempt_no,
             "at": started_at.isoformat(),

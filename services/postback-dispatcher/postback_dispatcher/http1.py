@@ -237,19 +237,21 @@ class Http1Client:
         path = url.raw_path_qs or "/"
         if not path.startswith("/"):
             path = "/" + path
-        lines = [f"GET {path} HTTP/1.1", f"Host: {url.host_port_subcomponent}", "Accept: */*"]
+        auth = ""
         if url.raw_user:
             credentials = f"{unquote(url.raw_user)}:{unquote(url.raw_password or '')}"
-            lines.append("Authorization: Basic " + base64.b64encode(credentials.encode()).decode())
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}")
-        for line in lines:
-            if "\r" in line or "\n" in line:
-                raise HTTPError("InvalidURL", "line break in the request head")
-        if " " in path:
-            raise HTTPError("InvalidURL", "space in the request target")
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+            auth = f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        lines = len(headers)
+        if fields.count("\n") != lines or fields.count("\r") != lines or "\r" in auth[:-2]:
+            raise HTTPError("InvalidURL", "line break in the request head")
+        if " " in path or "\r" in path or "\n" in path:
+            raise HTTPError("InvalidURL", "space or line break in the request target")
+        host = url.host_port_subcomponent or ""
+        if "\r" in host or "\n" in host:
+            raise HTTPError("InvalidURL", "line break in the host")
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n{auth}{fields}\r\n"
+        return head.encode("latin-1")
 
     async def get(self, url: URL, headers: Mapping[str, str], seconds: float) -> Reply:
         """GET ``url``; raises HTTPError (or TimeoutError) when there is no answer."""
