@@ -38,6 +38,9 @@ def serve(
     """Consume conversion events and deliver postbacks; serve health and operator APIs."""
     settings = _settings()
     configure_logging(settings.log_level)
+    from postback_dispatcher.workers import tune_gc
+
+    tune_gc()
     uvicorn.run(
         "postback_dispatcher.app:create_app",
         factory=True,
