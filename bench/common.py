@@ -480,12 +480,63 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / ticks_per_s, total / ticks_per_s
 
 
+def postgres_cpu_by_pid() -> dict[int, float]:
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if _command_of(stat) != "postgres":
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks_per_s
+    return out
+
+
 class CpuAccount:
-    """Where the machine's CPU went between ``start()`` and ``stop(units)``."""
+    """Where the machine's CPU went between ``start()`` and ``stop(units)``.
+
+    With ``pg_dsn``, PostgreSQL's share is split by the ``application_name`` of
+    each backend (gateway conversions, click lookups, outbox relay, dispatcher)
+    or by background process (walwriter, autovacuum, ...).
+    """
+
+    def __init__(self, pg_dsn: str | None = None) -> None:
+        self.pg_dsn = pg_dsn
 
     def start(self) -> None:
         self._before = cpu_by_command()
         self._busy_before = machine_busy_seconds()
+        self._pg_before = postgres_cpu_by_pid()
+
+    async def postgres_by_application(self, units: int) -> dict[str, float]:
+        """Call right after ``stop``; backends that exited meanwhile are not counted."""
+        if self.pg_dsn is None:
+            return {}
+        import asyncpg
+
+        after = postgres_cpu_by_pid()
+        conn = await asyncpg.connect(self.pg_dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid, coalesce(nullif(application_name, ''), backend_type) AS name "
+                "FROM pg_stat_activity"
+            )
+        finally:
+            await conn.close()
+        names = {row["pid"]: row["name"] for row in rows}
+        totals: dict[str, float] = {}
+        for pid, seconds in after.items():
+            used = seconds - self._pg_before.get(pid, 0.0)
+            if used > 0:
+                name = names.get(pid, "other postgres processes")
+                totals[name] = totals.get(name, 0.0) + used
+        ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+        return {name: round(seconds / units * 1e6, 1) for name, seconds in ranked}
 
     def stop(self, units: int, wall_s: float, top: int = 8) -> dict[str, Any]:
         after = cpu_by_command()

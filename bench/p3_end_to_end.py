@@ -212,7 +212,7 @@ async def _measure(
                 answered[clicks[index]] = at
 
         backlog: list[list[float]] = []
-        account = CpuAccount()
+        account = CpuAccount(infra.dsn)
         account.start()
         started = time.monotonic()
         async with backlog_sampler(infra, backlog):
@@ -232,6 +232,9 @@ async def _measure(
         result.figures["cpu_during_run"] = account.stop(
             max(len(answered), 1), time.monotonic() - started
         )
+        result.figures["cpu_during_run"][
+            "postgres_us_per_unit_by_application"
+        ] = await account.postgres_by_application(max(len(answered), 1))
         result.figures["backlog_timeline"] = {
             "columns": ["s", "outbox_unpublished", "work_queue_ready"],
             "samples": backlog,

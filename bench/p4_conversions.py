@@ -67,7 +67,7 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
         await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
         activity: dict[str, Any] = {}
         cpu = cpu_seconds(_gw.pid)
-        account = CpuAccount()
+        account = CpuAccount(infra.dsn)
         account.start()
         async with pg_activity(infra.dsn, activity):
             measured = await closed_loop(
@@ -76,6 +76,9 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
         result.figures["cpu_during_load"] = account.stop(
             max(1, measured.completed), measured.elapsed_s
         )
+        result.figures["cpu_during_load"][
+            "postgres_us_per_unit_by_application"
+        ] = await account.postgres_by_application(max(1, measured.completed))
         result.figures["db_activity_during_load"] = activity
         summary = measured.summary()
         created = measured.statuses.get(201, 0)
