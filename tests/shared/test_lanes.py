@@ -61,7 +61,9 @@ async def test_a_lane_that_died_idle_is_replaced_before_use(database_url: str) -
         await wait_for(lambda: _gone(admin, first), message="the terminated backend to go away")
         # If the client noticed the EOF already, this reconnects silently; if not,
         # this one call fails. Either way the lane is usable again right after.
-        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+        with contextlib.suppress(
+            asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresError, OSError
+        ):
             await lanes.run(_backend_pid)
         second = await lanes.run(_backend_pid)
         assert second != first

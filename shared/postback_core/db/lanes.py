@@ -17,15 +17,25 @@ from typing import Any, TypeVar
 import asyncpg
 
 ResultT = TypeVar("ResultT")
+# Server errors that end the session (class 08 connection, class 57 operator
+# intervention such as pg_terminate_backend or a shutdown).
+_LINK_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
 
 class ConnectionLanes:
-    def __init__(self, dsn: str, count: int, *, application_name: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        count: int,
+        *,
+        application_name: str,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("at least one lane")
         self.dsn = dsn
         self.count = count
-        self.application_name = application_name
+        self.server_settings = {**(server_settings or {}), "application_name": application_name}
         self._free: asyncio.LifoQueue[asyncpg.Connection | None] = asyncio.LifoQueue()
         self._all: set[asyncpg.Connection] = set()
         self._started = False
@@ -51,8 +61,14 @@ class ConnectionLanes:
                 self._forget(conn)
                 conn = await self._connect()
             return await work(conn)
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-            # The link itself failed: drop it, the next use reconnects.
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, _LINK_ERRORS):
+                await self._discard(conn)
+                conn = None
+            raise  # an ordinary SQL error: the connection is fine
+        except BaseException:
+            # The link failed, or we don't know its state (cancelled mid-query,
+            # client-side protocol error): drop it, the next use reconnects.
             await self._discard(conn)
             conn = None
             raise
@@ -65,7 +81,7 @@ class ConnectionLanes:
 
     async def _connect(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.dsn, server_settings={"application_name": self.application_name}
+            self.dsn, server_settings=self.server_settings
         )
         self._all.add(conn)
         return conn

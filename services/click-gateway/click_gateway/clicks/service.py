@@ -220,7 +220,12 @@ class ClickService:
             self.dsn, min_size=1, max_size=4, reset=keep_session_state
         )
         self._lookup_lanes = ConnectionLanes(
-            self.dsn, LOOKUPS_IN_FLIGHT, application_name="click-gateway-click-lookup"
+            self.dsn,
+            LOOKUPS_IN_FLIGHT,
+            application_name="click-gateway-click-lookup",
+            # One plan, made once: the lookup prunes partitions at run time, so
+            # a custom plan per execution (over every daily partition) is waste.
+            server_settings={"plan_cache_mode": "force_generic_plan"},
         )
         await self._lookup_lanes.start()
         lanes = self._lookup_lanes
