@@ -444,9 +444,10 @@ class PostbackConsumer:
         await self.limiter.acquire(host)
         try:
             if self.breakers.allow(host):
-                headers_for = functools.partial(postback_headers, str(event.event_id), token)
+                event_id = str(event.event_id)
+                headers_for = functools.partial(postback_headers, event_id, token)
                 result = await self.sender.send(
-                    url, postback_headers(str(event.event_id), token, url), headers_for=headers_for
+                    url, postback_headers(event_id, token, url), headers_for=headers_for
                 )
                 verdict, reason = classify(result)
                 self.breakers.record(host, failed=verdict == "retry")
