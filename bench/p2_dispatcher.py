@@ -6,9 +6,12 @@ started and we time the receiver's first to last arrival. The ceiling is a bare
 aiohttp GET loop (own process, uvloop) with the same number of requests in
 flight against the same receiver.
 
-Concurrency: the dispatcher's prefetch stays at its default (256); its per-host
-cap is set to CONCURRENCY so that, against one receiver host, it may have as many
-requests in flight as the raw loop has.
+Concurrency: the dispatcher's prefetch stays at its default (256 per consumer
+process); its per-host cap is set to CONCURRENCY so that, against one receiver
+host, it may have as many requests in flight as the raw loop has (the dispatcher
+shares the cap out between its DISPATCHER_WORKERS consumer processes, default one
+per core). CPU per postback is summed over the dispatcher's whole process tree;
+``machine_cpu_busy_share`` says how busy all cores were meanwhile.
 """
 
 from __future__ import annotations
@@ -191,7 +194,9 @@ async def run(mode: str, result: Result) -> None:
     total = SIZES[mode]
     result.notes.append(
         f"{total} events pre-filled for {PUBLISHERS} publishers (token-signed GET template with "
-        f"6 macros); dispatcher prefetch 256, per-host cap {CONCURRENCY}; raw loop "
+        f"6 macros); dispatcher prefetch 256 per consumer process, per-host cap {CONCURRENCY} "
+        "in all, DISPATCHER_WORKERS as configured (default: one per core); CPU summed over "
+        f"the dispatcher's process tree; raw loop "
         f"{CONCURRENCY} in flight; rate = (n-1) / (last arrival - first arrival); broker "
         "ceiling = aio-pika consume + ack of the same events with no other work (prefetch 256)"
     )
