@@ -157,6 +157,7 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         "peak backlog: outbox rows / work-queue messages",
         _pair(p3, "backlog_timeline", keys=("peak_outbox", "peak_work_queue")),
     )
+    _add_cpu_rows(add, "P3", _get(p3, "cpu_during_run"))
     p4 = _get(benchmarks, "P4", "figures") or {}
     add("P4", "conversions created", _get(p4, "conversion_api", "created_per_s"), "/s")
     add("P4", "request p50 / p99", _pair(p4, "conversion_api"), "ms")
@@ -177,6 +178,7 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
             p4, "db_activity_during_load", "lock_waits", "object:AccessExclusiveLock:pg_database:0"
         ),
     )
+    _add_cpu_rows(add, "P4", _get(p4, "cpu_during_load"))
     p5 = _get(benchmarks, "P5", "figures") or {}
     for label in ("small", "large"):
         add(
@@ -227,6 +229,29 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
     for bench, label, value, unit in rows:
         lines.append(f"| {bench} | {label} | {fmt(value)} {unit} |".replace("  |", " |"))
     return lines
+
+
+def _top(per_unit: dict[str, float] | None, count: int = 6) -> str | None:
+    if not per_unit:
+        return None
+    return ", ".join(f"{name} {value:,.0f}" for name, value in list(per_unit.items())[:count])
+
+
+def _add_cpu_rows(add: Any, bench: str, cpu: dict[str, Any] | None) -> None:
+    """Where the whole machine's CPU went, per conversion (``bench.common.CpuAccount``)."""
+    if not cpu:
+        return
+    add(
+        bench,
+        "machine: cores busy / CPU per conversion, all processes",
+        f"{cpu.get('cores_busy')} / {fmt(cpu.get('cpu_us_per_unit_machine'))} µs",
+    )
+    add(bench, "CPU per conversion by process (µs)", _top(cpu.get("cpu_us_per_unit_by_command")))
+    add(
+        bench,
+        "PostgreSQL CPU per conversion by client (µs)",
+        _top(cpu.get("postgres_us_per_unit_by_application")),
+    )
 
 
 def _pair(d: dict[str, Any], *path: str, keys: tuple[str, str] = ("p50_ms", "p99_ms")) -> Any:
