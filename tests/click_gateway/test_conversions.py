@@ -649,3 +649,59 @@ async def test_non_json_or_broken_bodies_are_422_with_a_reason(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
+
+
+async def test_batch_insert_stores_payloads_byte_for_byte_and_money_exactly(
+    db: asyncpg.Connection,
+) -> None:
+    import uuid as uuid_module
+    from datetime import UTC, datetime
+
+    from click_gateway.conversions.repository import NewConversion, insert_many_with_events
+
+    base = 9_000_000_000 + int(time.time() * 1000) % 1_000_000_000
+    payloads = [
+        '{"external_id":"é \\\\ \\" \u2028 😀","n":1}'.encode(),
+        b'{"external_id":"plain","n":2}',
+    ]
+    conversions = [
+        NewConversion(
+            id=base + n,
+            click_id=base + n,
+            txid=f"bytes-{n}",
+            event_id=uuid_module.uuid4(),
+            advertiser_id=1,
+            publisher_id=1,
+            offer_id=None,
+            smartlink_id=None,
+            payout=Decimal("1234.5678") if n == 0 else Decimal("0.0001"),
+            status="approved",
+            created_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        )
+        for n in range(2)
+    ]
+    # Inside a transaction that is rolled back: no relay ever sees these rows.
+    transaction = db.transaction()
+    await transaction.start()
+    try:
+        inserted = await insert_many_with_events(
+            db, list(zip(conversions, payloads, strict=True)), exchange="x", routing_key="y"
+        )
+        assert inserted == [True, True]
+        for conversion, payload in zip(conversions, payloads, strict=True):
+            row = await db.fetchrow(
+                "SELECT c.payout, c.created_at, o.payload FROM conversions c "
+                "JOIN outbox o ON o.event_id = c.event_id WHERE c.id = $1",
+                conversion.id,
+            )
+            assert row["payload"] == payload
+            assert row["payout"] == conversion.payout
+            assert str(row["payout"]) == str(conversion.payout)
+            assert row["created_at"] == conversion.created_at
+        # A repeat of the same (click_id, txid) inserts nothing.
+        again = await insert_many_with_events(
+            db, [(conversions[0], payloads[0])], exchange="x", routing_key="y"
+        )
+        assert again == [False]
+    finally:
+        await transaction.rollback()

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TypeAlias
 
 import asyncpg
+import orjson
 
 IDEMPOTENCY_CONSTRAINT = "uq_conversions_click_id_txid"
 
@@ -72,13 +73,14 @@ async def reserve_ids(db: Executor, count: int) -> list[int]:
 # was inserted by this statement. It takes a batch (group commit: one commit for
 # many requests); the unique constraint still decides each row on its own, also
 # between duplicates inside one batch, and RETURNING names the rows inserted.
+# The batch travels as one JSON parameter: encoding a dozen typed arrays cost
+# the client ~110 us per statement, more than the rest of the call.
 INSERT_MANY_WITH_EVENTS = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::uuid[], $5::bigint[],
-                         $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[], $10::text[],
-                         $11::timestamptz[], $12::bytea[])
-        AS t(id, click_id, txid, event_id, advertiser_id, publisher_id, offer_id,
-             smartlink_id, payout, status, created_at, payload)
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(
+        id bigint, click_id bigint, txid text, event_id uuid, advertiser_id bigint,
+        publisher_id bigint, offer_id bigint, smartlink_id bigint, payout numeric,
+        status text, created_at timestamptz, payload text)
 ),
 new_conversion AS (
     INSERT INTO conversions (id, click_id, txid, event_id, advertiser_id, publisher_id,
@@ -91,12 +93,29 @@ new_conversion AS (
 ),
 new_event AS (
     INSERT INTO outbox (event_id, exchange, routing_key, payload)
-    SELECT n.event_id, $13::text, $14::text, i.payload
+    SELECT n.event_id, $2::text, $3::text, convert_to(i.payload, 'UTF8')
     FROM new_conversion AS n JOIN input AS i ON i.id = n.id
     ORDER BY n.id
 )
 SELECT id FROM new_conversion
 """
+
+
+def _row(conversion: NewConversion, payload: bytes) -> dict[str, object]:
+    return {
+        "id": conversion.id,
+        "click_id": conversion.click_id,
+        "txid": conversion.txid,
+        "event_id": str(conversion.event_id),
+        "advertiser_id": conversion.advertiser_id,
+        "publisher_id": conversion.publisher_id,
+        "offer_id": conversion.offer_id,
+        "smartlink_id": conversion.smartlink_id,
+        "payout": format(conversion.payout, "f"),  # exact: a JSON string, never a float
+        "status": conversion.status,
+        "created_at": conversion.created_at.isoformat(),
+        "payload": payload.decode(),
+    }
 
 
 async def insert_many_with_events(
@@ -106,21 +125,13 @@ async def insert_many_with_events(
     exchange: str,
     routing_key: str,
 ) -> list[bool]:
-    """Per conversion: True when inserted, False when (click_id, txid) already existed."""
+    """Per conversion: True when inserted, False when (click_id, txid) already existed.
+
+    Payloads are UTF-8 JSON (the event contract), stored byte for byte.
+    """
     rows = await db.fetch(
         INSERT_MANY_WITH_EVENTS,
-        [c.id for c, _ in conversions],
-        [c.click_id for c, _ in conversions],
-        [c.txid for c, _ in conversions],
-        [c.event_id for c, _ in conversions],
-        [c.advertiser_id for c, _ in conversions],
-        [c.publisher_id for c, _ in conversions],
-        [c.offer_id for c, _ in conversions],
-        [c.smartlink_id for c, _ in conversions],
-        [c.payout for c, _ in conversions],
-        [c.status for c, _ in conversions],
-        [c.created_at for c, _ in conversions],
-        [payload for _, payload in conversions],
+        orjson.dumps([_row(c, payload) for c, payload in conversions]).decode(),
         exchange,
         routing_key,
     )
