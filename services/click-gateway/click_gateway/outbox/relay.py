@@ -187,7 +187,14 @@ class OutboxRelay:
         await self._close_db()
         conn = await asyncpg.connect(
             asyncpg_dsn(self.settings.database_url),
-            server_settings={"application_name": "click-gateway-outbox-relay"},
+            server_settings={
+                "application_name": "click-gateway-outbox-relay",
+                # The relay only marks rows published after the broker confirmed
+                # them. Losing the last marks in a PostgreSQL crash republishes
+                # those events (consumers dedupe by event id), so its commits
+                # need not wait for a WAL flush: one fsync less per batch.
+                "synchronous_commit": "off",
+            },
         )
         await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         conn.add_termination_listener(lambda _conn: self._wake.set())
