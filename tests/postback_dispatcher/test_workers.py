@@ -150,3 +150,30 @@ async def test_a_dead_worker_is_started_again(
 
 async def _consumers_are(amqp_url: str, n: int) -> bool:
     return await _consumers(amqp_url) == n
+
+
+async def test_light_traffic_stays_in_the_serving_process(
+    database_url: str, pg: asyncpg.Pool, receiver: Receiver
+) -> None:
+    """Consumer priority: workers take only the overflow, so a trickle is batched in one place."""
+    publisher_id = await create_publisher_with_settings(pg, receiver.base_url + "/light")
+    events = [make_event(publisher_id) for _ in range(10)]
+    ids = [e.conversion_id for e in events]
+    async with (
+        fresh_vhost() as amqp_url,
+        running_dispatcher(database_url, amqp_url, DISPATCHER_WORKERS=2) as handle,
+    ):
+        assert await _consumers(amqp_url) == 2
+        for sent, event in enumerate(events, 1):
+            await publish_many(amqp_url, [event])
+
+            async def arrived(n: int = sent) -> bool:
+                return len(receiver.requests) >= n
+
+            await wait_for(arrived, timeout=10, message=f"postback {sent}")
+        await wait_for(lambda: _finished(pg, ids), timeout=10, message="all recorded")
+
+        async def all_in_serving_process() -> bool:
+            return handle.runtime.consumer.metrics.delivered == len(events)
+
+        await wait_for(all_in_serving_process, timeout=5, message="every delivery counted here")

@@ -42,7 +42,13 @@ class DispatcherRuntime:
             sessionmaker=sessionmaker,
             sender=sender,
             publisher=publisher,
-            consumer=PostbackConsumer(consumer_settings, sender=sender, publisher=publisher),
+            consumer=PostbackConsumer(
+                consumer_settings,
+                sender=sender,
+                publisher=publisher,
+                # Light traffic goes to this process; workers take the overflow.
+                consumer_priority=1 if settings.workers > 1 else 0,
+            ),
             workers=(
                 WorkerProcesses(consumer_settings, settings.workers - 1)
                 if settings.workers > 1
