@@ -46,7 +46,7 @@ from bench.services import gateway
 from bench.wrk import run_wrk
 
 SETTINGS = {
-    "quick": {"rounds": 1, "duration": 2, "warmup": 1, "half_duration": 1},
+    "quick": {"rounds": 1, "duration": 1, "warmup": 1, "half_duration": 1},
     "full": {"rounds": 3, "duration": 5, "warmup": 3, "half_duration": 10},
 }
 WRK_THREADS = 1

@@ -38,13 +38,15 @@ PUBLISHERS = 10
 FIRST_ARRIVAL_TIMEOUT = {"quick": 8.0, "full": 30.0}
 
 
-def dispatcher_env(concurrency: int = CONCURRENCY) -> dict[str, Any]:
+def dispatcher_env(concurrency: int = CONCURRENCY, workers: int | None = None) -> dict[str, Any]:
     # BENCH_P2_PER_HOST: experiment switch (e.g. 256 = no waiters on the per-host limiter).
     # BENCH_P2_WORKERS: experiment switch for DISPATCHER_WORKERS (default: the setting's).
     env: dict[str, Any] = {
         "DISPATCHER_CONCURRENCY": 256,
         "POSTBACK_PER_HOST_CONCURRENCY": os.environ.get("BENCH_P2_PER_HOST", concurrency),
     }
+    if workers is not None:
+        env["DISPATCHER_WORKERS"] = workers
     if os.environ.get("BENCH_P2_WORKERS"):
         env["DISPATCHER_WORKERS"] = os.environ["BENCH_P2_WORKERS"]
     return env
@@ -142,11 +144,12 @@ async def dispatcher_throughput(
     name: str,
     concurrency: int = CONCURRENCY,
     first_arrival_timeout: float = 30.0,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Pre-fill, then start the dispatcher and time the deliveries."""
     published = await publish_events(infra.amqp_url, conversion_ids, publisher_ids)
     await rcv.reset()
-    async with dispatcher(infra, name, **dispatcher_env(concurrency)) as (proc, _base):
+    async with dispatcher(infra, name, **dispatcher_env(concurrency, workers)) as (proc, _base):
         # The whole process tree: with DISPATCHER_WORKERS > 1 the consumers are children.
         processes = len(process_tree(proc.pid))
         cpu = tree_cpu_seconds(proc.pid)

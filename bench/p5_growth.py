@@ -33,15 +33,17 @@ from postback_core.topology import WORK_QUEUE, retry_queue_name
 
 SIZES = {
     "quick": {
-        "rss": (500, 5_000),
+        "rss": (200, 2_000),
         "rss_settle_s": 0.2,
         "rss_window_s": 0.5,
         "fresh": 1_000,
-        "retry": 10_000,
-        "dead": (1_000, 100_000),
+        "retry": 2_000,
+        "dead": (1_000, 10_000),
         "page_requests": 20,
         "first_arrival_timeout": 8.0,
         "repeat_baseline": False,
+        # A smoke test: one dispatcher process starts in ~1.5 s instead of ~3.3 s.
+        "workers": 1,
     },
     "full": {
         "rss": (10_000, 500_000),
@@ -53,6 +55,7 @@ SIZES = {
         "page_requests": 50,
         "first_arrival_timeout": 30.0,
         "repeat_baseline": True,
+        "workers": None,  # the default: one consumer process per core
     },
 }
 RECEIVER_DELAY_MS = 250
@@ -72,7 +75,12 @@ async def _rss_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
             )
             next_id += size
             await rcv.reset()
-            async with dispatcher(infra, f"p5-rss-{label}", **dispatcher_env()) as (proc, _b):
+            async with dispatcher(
+                infra, f"p5-rss-{label}", **dispatcher_env(workers=cfg["workers"])
+            ) as (
+                proc,
+                _b,
+            ):
                 deadline = time.monotonic() + cfg["first_arrival_timeout"]
                 while await rcv.count() == 0:
                     if time.monotonic() > deadline:
@@ -118,6 +126,7 @@ async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) ->
             range(base_id, base_id + fresh),
             "p5-fresh-none",
             first_arrival_timeout=cfg["first_arrival_timeout"],
+            workers=cfg["workers"],
         )
         loaded_publish = await publish_events(
             infra.amqp_url,
@@ -133,6 +142,7 @@ async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) ->
             range(base_id + 2_000_000, base_id + 2_000_000 + fresh),
             "p5-fresh-loaded",
             first_arrival_timeout=cfg["first_arrival_timeout"],
+            workers=cfg["workers"],
         )
         # Again without the backlog, so that order effects (warm caches) cancel out.
         none_again = none
@@ -145,6 +155,7 @@ async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) ->
                 range(base_id + 3_000_000, base_id + 3_000_000 + fresh),
                 "p5-fresh-none-again",
                 first_arrival_timeout=cfg["first_arrival_timeout"],
+                workers=cfg["workers"],
             )
     baseline = (none["rate_per_s"] + none_again["rate_per_s"]) / 2
     ratio = loaded["rate_per_s"] / baseline
@@ -219,7 +230,8 @@ async def _page_times(base: str, requests: int) -> dict[str, Any]:
 
 async def _dead_letter_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
     small, large = cfg["dead"]
-    async with dispatcher(infra, "p5-dead-letters") as (_proc, base):
+    workers = {} if cfg["workers"] is None else {"DISPATCHER_WORKERS": cfg["workers"]}
+    async with dispatcher(infra, "p5-dead-letters", **workers) as (_proc, base):
         async with (
             aiohttp.ClientSession() as session,
             session.get(
@@ -269,6 +281,10 @@ async def _dead_letter_part(infra: Infra, cfg: dict[str, Any], result: Result) -
 
 async def run(mode: str, result: Result) -> None:
     cfg = SIZES[mode]
+    if cfg["workers"] is not None:
+        result.notes.append(
+            f"P5 smoke run: DISPATCHER_WORKERS={cfg['workers']} (full: the default)"
+        )
     parts = (
         ("rss", _rss_part),
         ("retry tiers", _retry_tier_part),
