@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,8 +444,31 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _command_of(stat: str) -> str:
-    return stat[stat.index("(") + 1 : stat.rindex(")")]
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    command: str
+    cpu_s: float  # user + system so far
+
+
+def live_processes() -> Iterator[ProcStat]:
+    """Every live process from ``/proc/<pid>/stat`` (ones that exit meanwhile are skipped)."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        yield ProcStat(
+            pid=int(entry.name),
+            ppid=int(fields[1]),
+            command=stat[stat.index("(") + 1 : stat.rindex(")")],
+            cpu_s=(int(fields[11]) + int(fields[12])) / ticks_per_s,
+        )
 
 
 def cpu_by_command() -> dict[str, float]:
@@ -455,24 +478,14 @@ def cpu_by_command() -> dict[str, float]:
     services, PostgreSQL backends, RabbitMQ, the load generator) — on a 2-core
     box shared by all of them, that is what bounds end-to-end figures.
     """
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / ticks_per_s
-        command = _command_of(stat)
-        totals[command] = totals.get(command, 0.0) + seconds
+    for proc in live_processes():
+        totals[proc.command] = totals.get(proc.command, 0.0) + proc.cpu_s
     return totals
 
 
 def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     total = sum(fields[:8])
@@ -481,20 +494,7 @@ def machine_busy_seconds() -> tuple[float, float]:
 
 
 def postgres_cpu_by_pid() -> dict[int, float]:
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if _command_of(stat) != "postgres":
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks_per_s
-    return out
+    return {p.pid: p.cpu_s for p in live_processes() if p.command == "postgres"}
 
 
 class CpuAccount:

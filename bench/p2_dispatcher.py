@@ -21,12 +21,20 @@ import contextlib
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.common import Result, Skipped, cpu_seconds, infrastructure, rss_kib, say
+from bench.common import (
+    Result,
+    Skipped,
+    cpu_seconds,
+    infrastructure,
+    live_processes,
+    machine_busy_seconds,
+    rss_kib,
+    say,
+)
 from bench.events import publish_events
 from bench.http_clients import run_get_loop_process
 from bench.seed import seed_postback_publishers
@@ -55,15 +63,8 @@ def dispatcher_env(concurrency: int = CONCURRENCY, workers: int | None = None) -
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (the dispatcher may run worker processes)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    for proc in live_processes():
+        children.setdefault(proc.ppid, []).append(proc.pid)
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -88,14 +89,6 @@ def tree_rss_kib(pid: int) -> int:
         with contextlib.suppress(OSError, RuntimeError):  # exited meanwhile
             total += rss_kib(member)
     return total
-
-
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 async def wait_for_deliveries(

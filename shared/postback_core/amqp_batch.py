@@ -13,9 +13,7 @@ channel closed, timeout).
 
 This uses aiormq's channel internals (delivery tags, confirmation futures,
 write queue) exactly as ``Channel.basic_publish`` does; ``aiormq`` is pinned
-and the test suite exercises confirms, returns and nacks against RabbitMQ. If
-the internals are not what we expect, ``supports_batches`` is False and callers
-fall back to ``basic_publish``.
+and the test suite exercises confirms, returns and nacks against RabbitMQ.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 PERSISTENT = 2  # AMQP delivery mode
-_INTERNALS = ("lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "write_queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +40,6 @@ class Outgoing:
     message_id: str
     headers: Mapping[str, Any] | None = None
     content_type: str = "application/json"
-
-
-def supports_batches(channel: aiormq.Channel) -> bool:
-    return bool(channel.publisher_confirms) and all(hasattr(channel, a) for a in _INTERNALS)
 
 
 def _forget_message_id(
@@ -62,8 +55,8 @@ async def publish_batch(
     """Publish ``messages`` (mandatory, persistent) and wait for every confirm."""
     if not messages:
         return []
-    if not supports_batches(channel):
-        return await _one_by_one(channel, messages, confirm_timeout)
+    if not channel.publisher_confirms:
+        raise ValueError("publish_batch needs a channel in confirm mode")
     confirmations: list[asyncio.Future[Any]] = []
     frames: list[Any] = []
     async with channel.lock:
@@ -109,26 +102,3 @@ async def publish_batch(
         else:
             outcomes.append(confirmation.exception())
     return outcomes
-
-
-async def _one_by_one(
-    channel: aiormq.Channel, messages: Sequence[Outgoing], confirm_timeout: float
-) -> list[BaseException | None]:
-    async def publish(message: Outgoing) -> None:
-        await channel.basic_publish(
-            message.body,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            properties=spec.Basic.Properties(
-                content_type=message.content_type,
-                delivery_mode=PERSISTENT,
-                message_id=message.message_id,
-                headers=dict(message.headers) if message.headers else None,
-            ),
-            mandatory=True,
-            timeout=confirm_timeout,
-            wait=False,
-        )
-
-    results = await asyncio.gather(*(publish(m) for m in messages), return_exceptions=True)
-    return [r if isinstance(r, BaseException) else None for r in results]

@@ -44,12 +44,6 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._pending: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.items = 0
-
-    @property
-    def mean_batch_size(self) -> float:
-        return self.items / self.batches if self.batches else 0.0
 
     async def submit(self, item: ItemT) -> ResultT:
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
@@ -80,8 +74,6 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if not batch:  # another batch took them
             self._in_flight -= 1
             return
-        self.batches += 1
-        self.items += len(batch)
         try:
             results = await self._run_batch([item for item, _ in batch])
             if len(results) != len(batch):

@@ -10,7 +10,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from postback_core.amqp_batch import Outgoing, publish_batch, supports_batches
+from postback_core.amqp_batch import Outgoing, publish_batch
 
 
 @pytest.fixture
@@ -39,7 +39,6 @@ async def test_a_batch_is_confirmed_and_arrives_intact_in_order(
     connection: AbstractRobustConnection,
 ) -> None:
     channel, underlay = await _confirm_channel(connection)
-    assert supports_batches(underlay)
     queue = await channel.declare_queue(exclusive=True)
     big = b"x" * 300_000  # larger than one frame: split into several body frames
     messages = [_message(queue.name, f"m{i}".encode(), n=i) for i in range(50)]

@@ -49,8 +49,6 @@ class ConversionFastPath:
         self.recorder = recorder
         self.keys = keys
         self.clicks = clicks
-        self.fast_count = 0
-        self.fallback_count = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         api_key: str | None = None
@@ -85,7 +83,6 @@ class ConversionFastPath:
             log.exception("unhandled error on POST %s", PATH)
             await _respond(send, 500, b'{"detail":"internal error"}')
             return
-        self.fast_count += 1
         await _respond(
             send, 201 if result.created else 200, result.conversion.model_dump_json().encode()
         )
@@ -94,7 +91,6 @@ class ConversionFastPath:
         self, scope: dict[str, Any], body: bytes, complete: bool, receive: Any, send: Any
     ) -> None:
         """Hand the request to FastAPI as if nothing had been read."""
-        self.fallback_count += 1
         replayed = False
 
         async def replay_receive() -> dict[str, Any]:
