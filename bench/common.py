@@ -493,6 +493,32 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / ticks_per_s, total / ticks_per_s
 
 
+def broker_cpu_seconds() -> float:
+    """CPU seconds used so far by the RabbitMQ node (``beam.smp``) on this machine."""
+    return sum(p.cpu_s for p in live_processes() if p.command == "beam.smp")
+
+
+async def wait_for_quiet_broker(
+    window_s: float = 0.5, max_share: float = 0.1, timeout: float = 30.0
+) -> float:
+    """Wait until RabbitMQ uses under ``max_share`` of one core over ``window_s``.
+
+    After a large publish, a quorum queue goes on writing its log to segment
+    files for seconds; a measurement started at once would compare our code
+    against that transient instead of against the steady state. Returns the
+    seconds waited (the deadline is a cap, not an error: the figure is still
+    taken, and the wait is recorded beside it).
+    """
+    started = time.monotonic()
+    while True:
+        before = broker_cpu_seconds()
+        await asyncio.sleep(window_s)
+        share = (broker_cpu_seconds() - before) / window_s
+        waited = time.monotonic() - started
+        if share < max_share or waited >= timeout:
+            return round(waited, 2)
+
+
 def postgres_cpu_by_pid() -> dict[int, float]:
     return {p.pid: p.cpu_s for p in live_processes() if p.command == "postgres"}
 

@@ -28,12 +28,14 @@ import orjson
 from bench.common import (
     Result,
     Skipped,
+    broker_cpu_seconds,
     cpu_seconds,
     infrastructure,
     live_processes,
     machine_busy_seconds,
     rss_kib,
     say,
+    wait_for_quiet_broker,
 )
 from bench.events import publish_events
 from bench.http_clients import run_get_loop_process
@@ -141,21 +143,27 @@ async def dispatcher_throughput(
 ) -> dict[str, Any]:
     """Pre-fill, then start the dispatcher and time the deliveries."""
     published = await publish_events(infra.amqp_url, conversion_ids, publisher_ids)
+    # Every run starts from a broker that has finished writing what was published.
+    settle_s = await wait_for_quiet_broker()
     await rcv.reset()
     async with dispatcher(infra, name, **dispatcher_env(concurrency, workers)) as (proc, _base):
         # The whole process tree: with DISPATCHER_WORKERS > 1 the consumers are children.
         processes = len(process_tree(proc.pid))
         cpu = tree_cpu_seconds(proc.pid)
         busy, total = machine_busy_seconds()
+        broker = broker_cpu_seconds()
         figures = await wait_for_deliveries(
             rcv, len(conversion_ids), proc.alive, first_arrival_timeout
         )
         used = tree_cpu_seconds(proc.pid) - cpu
         busy_after, total_after = machine_busy_seconds()
+        broker_used = broker_cpu_seconds() - broker
         # Includes its start-up work after /healthz answered; small beside the run.
         figures["dispatcher_cpu_us_per_postback"] = round(used / len(conversion_ids) * 1e6, 1)
         figures["dispatcher_cpu_share_of_one_core"] = round(used / figures["wall_s"], 2)
         figures["dispatcher_processes"] = processes
+        figures["broker_cpu_us_per_postback"] = round(broker_used / len(conversion_ids) * 1e6, 1)
+        figures["broker_settle_s"] = settle_s
         # How busy the whole machine was meanwhile (share of all cores; 1.0 = saturated).
         figures["machine_cpu_busy_share"] = round(
             (busy_after - busy) / max(total_after - total, 1e-9), 2
