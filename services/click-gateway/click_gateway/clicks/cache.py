@@ -110,19 +110,19 @@ class SmartLinkEntry:
     publisher_id: int
     fallback: UrlTemplate | None
     offers: tuple[OfferEntry, ...]
-    _memo: dict[tuple[str | None, str, str], tuple[tuple[OfferEntry, ...], list[int]]] = field(
-        default_factory=dict
+    _memo: dict[tuple[str | None, str | None, str], tuple[tuple[OfferEntry, ...], list[int]]] = (
+        field(default_factory=dict)
     )
 
     def eligible(
         self, country: str | None, os_family: str | None, device: str
     ) -> tuple[tuple[OfferEntry, ...], list[int]]:
         """Matching offers with positive weight, and their cumulative weights (memoised)."""
-        os_key = (os_family or "").lower()
-        key = (country, os_key, device)
+        key = (country, os_family, device)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
+        os_key = (os_family or "").lower()
         matching = tuple(
             o for o in self.offers if o.weight > 0 and o.accepts(country, os_key, device)
         )
@@ -138,7 +138,8 @@ class SmartLinkEntry:
 
     def choose(self, country: str | None, os_family: str | None, device: str) -> OfferEntry | None:
         """A weighted random choice among matching offers; None when nothing matches."""
-        matching, cumulative = self.eligible(country, os_family, device)
+        hit = self._memo.get((country, os_family, device))
+        matching, cumulative = hit if hit is not None else self.eligible(country, os_family, device)
         if not matching:
             return None
         if len(matching) == 1:

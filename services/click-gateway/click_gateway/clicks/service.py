@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 CLICK_PATH_PREFIX = "/get/"
 EXTERNAL_ID_PARAMS = ("cid", "clickid", "click_id", "external_id")
 SUB_ID_PARAMS = ("sub1", "sub2", "sub3", "sub4", "sub5")
-SUB_ID_SLOTS = {name: index for index, name in enumerate(SUB_ID_PARAMS)}
-WANTED_PARAMS = frozenset((*EXTERNAL_ID_PARAMS, *SUB_ID_PARAMS))
 MAX_PARAM_LENGTH = 256
 MAX_QUERY_LENGTH = 8192
 PARTITION_MAINTENANCE_SECONDS = 3600.0
@@ -121,39 +119,55 @@ def _clean(value: str, limit: int = MAX_PARAM_LENGTH) -> str | None:
     return value or None
 
 
+# Query parameter → slot: sub1..sub5 are 0..4, the external id aliases 5..8 (in preference order).
+_PARAM_SLOTS = {
+    **{name: index for index, name in enumerate(SUB_ID_PARAMS)},
+    **{name: len(SUB_ID_PARAMS) + rank for rank, name in enumerate(EXTERNAL_ID_PARAMS)},
+}
+_ALIAS_BASE = len(SUB_ID_PARAMS)
+
+
 def parse_click_query(query: bytes) -> tuple[str | None, list[str | None]]:
     """The external click id (first non-empty alias, in alias order) and sub1..sub5.
 
-    A hand-rolled ``parse_qsl``: only the few parameters we keep are decoded,
-    and only when they carry escapes.
+    A hand-rolled ``parse_qsl`` for the click path: one dict lookup per
+    parameter, and only the few parameters we keep are decoded, only when they
+    carry escapes.
     """
     subs: list[str | None] = [None, None, None, None, None]
     if not query:
         return None, subs
-    aliases: dict[str, str] = {}
+    aliases: list[str | None] | None = None
+    slots = _PARAM_SLOTS
     for pair in query[:MAX_QUERY_LENGTH].decode("latin-1").split("&"):
         name, _, value = pair.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote_plus(name)
-        if name not in WANTED_PARAMS or not value:
+        if not value:
             continue
+        slot = slots.get(name)
+        if slot is None:
+            if "%" not in name and "+" not in name:
+                continue
+            slot = slots.get(unquote_plus(name))
+            if slot is None:
+                continue
         if "%" in value or "+" in value:
             value = unquote_plus(value, errors="replace")
-        if name in SUB_ID_SLOTS:
-            index = SUB_ID_SLOTS[name]
-            if subs[index] is None:
-                subs[index] = _clean(value)
-        elif name not in aliases and value.strip():
-            aliases[name] = value
-    external_id = None
-    if aliases:
-        for name in EXTERNAL_ID_PARAMS:
-            candidate = aliases.get(name)
+        if slot < _ALIAS_BASE:
+            if subs[slot] is None:
+                subs[slot] = _clean(value)
+        else:
+            if aliases is None:
+                aliases = [None, None, None, None]
+            rank = slot - _ALIAS_BASE
+            if aliases[rank] is None and value.strip():
+                aliases[rank] = value
+    if aliases is not None:
+        for candidate in aliases:
             if candidate is not None:
                 external_id = _clean(candidate)
                 if external_id:
-                    break
-    return external_id, subs
+                    return external_id, subs
+    return None, subs
 
 
 def record_from_row(row: ClickRow | asyncpg.Record) -> ClickRecord:
