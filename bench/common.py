@@ -519,6 +519,12 @@ async def wait_for_quiet_broker(
             return round(waited, 2)
 
 
+def machine_steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests while we wanted them (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_cpu_by_pid() -> dict[int, float]:
     return {p.pid: p.cpu_s for p in live_processes() if p.command == "postgres"}
 
@@ -537,6 +543,7 @@ class CpuAccount:
     def start(self) -> None:
         self._before = cpu_by_command()
         self._busy_before = machine_busy_seconds()
+        self._steal_before = machine_steal_seconds()
         self._pg_before = postgres_cpu_by_pid()
 
     async def postgres_by_application(self, units: int) -> dict[str, float]:
@@ -578,6 +585,10 @@ class CpuAccount:
         return {
             "machine_busy_share": round(busy_s / all_s, 3) if all_s else None,
             "cores_busy": round(busy_s / wall_s, 2) if wall_s else None,
+            # Time stolen by the hypervisor: a noisy neighbour, not our code.
+            "steal_share": round((machine_steal_seconds() - self._steal_before) / all_s, 3)
+            if all_s
+            else None,
             "cpu_us_per_unit_by_command": {
                 name: round(seconds / units * 1e6, 1) for name, seconds in ranked
             },

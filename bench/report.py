@@ -122,6 +122,7 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         _get(p1, "half_peak_open_loop", "generator_cpu_us_per_request"),
         "µs",
     )
+    _add_cpu_rows(add, "P1", _get(p1, "half_peak_open_loop", "cpu"), unit="request (open loop)")
     p2 = _get(benchmarks, "P2", "figures") or {}
     add("P2", "dispatcher postbacks", _get(p2, "dispatcher", "rate_per_s"), "/s")
     add(
@@ -240,21 +241,26 @@ def _top(per_unit: dict[str, float] | None, count: int = 6) -> str | None:
     return ", ".join(f"{name} {value:,.0f}" for name, value in list(per_unit.items())[:count])
 
 
-def _add_cpu_rows(add: Any, bench: str, cpu: dict[str, Any] | None) -> None:
-    """Where the whole machine's CPU went, per conversion (``bench.common.CpuAccount``)."""
+def _add_cpu_rows(
+    add: Any, bench: str, cpu: dict[str, Any] | None, unit: str = "conversion"
+) -> None:
+    """Where the whole machine's CPU went, per unit of work (``bench.common.CpuAccount``)."""
     if not cpu:
         return
     add(
         bench,
-        "machine: cores busy / CPU per conversion, all processes",
+        f"machine: cores busy / CPU per {unit}, all processes",
         f"{cpu.get('cores_busy')} / {fmt(cpu.get('cpu_us_per_unit_machine'))} µs",
     )
-    add(bench, "CPU per conversion by process (µs)", _top(cpu.get("cpu_us_per_unit_by_command")))
-    add(
-        bench,
-        "PostgreSQL CPU per conversion by client (µs)",
-        _top(cpu.get("postgres_us_per_unit_by_application")),
-    )
+    if cpu.get("steal_share"):
+        add(bench, "machine: share of CPU time stolen by the hypervisor", cpu["steal_share"])
+    add(bench, f"CPU per {unit} by process (µs)", _top(cpu.get("cpu_us_per_unit_by_command")))
+    if cpu.get("postgres_us_per_unit_by_application"):
+        add(
+            bench,
+            f"PostgreSQL CPU per {unit} by client (µs)",
+            _top(cpu.get("postgres_us_per_unit_by_application")),
+        )
 
 
 def _pair(d: dict[str, Any], *path: str, keys: tuple[str, str] = ("p50_ms", "p99_ms")) -> Any:
