@@ -53,7 +53,7 @@ SIZES = {
         "fresh": 20_000,
         "retry": 100_000,
         "dead": (1_000, 1_000_000),
-        "page_requests": 50,
+        "page_requests": 200,
         "first_arrival_timeout": 30.0,
         "repeat_baseline": True,
         "workers": None,  # the default: one consumer process per core
