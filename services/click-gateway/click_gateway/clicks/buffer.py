@@ -173,7 +173,11 @@ class ClickBuffer:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            conn = await asyncpg.connect(self.dsn, timeout=5)
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=5,
+                server_settings={"application_name": "click-gateway-click-buffer"},
+            )
             await repository.prepare_copy_connection(conn)
             self._conn = conn
         return self._conn

@@ -231,7 +231,11 @@ class ClickService:
 
     async def start(self) -> None:
         self.pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=4, reset=keep_session_state
+            self.dsn,
+            min_size=1,
+            max_size=4,
+            reset=keep_session_state,
+            server_settings={"application_name": "click-gateway-catalogue"},
         )
         self._lookup_lanes = ConnectionLanes(
             self.dsn,
