@@ -493,6 +493,44 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / ticks_per_s, total / ticks_per_s
 
 
+def dirty_kib() -> int:
+    """Page cache waiting to be written to disk (``Dirty`` + ``Writeback``, /proc/meminfo)."""
+    total = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Dirty", "Writeback"):
+            total += int(rest.split()[0])
+    return total
+
+
+async def wait_for_written_back(
+    dsn: str, max_dirty_kib: int = 32 * 1024, timeout: float = 30.0
+) -> dict[str, Any]:
+    """CHECKPOINT, then wait until the kernel has written back what a load phase left.
+
+    A saturating phase leaves hundreds of MB of WAL and table pages dirty; the
+    kernel writes them back over the next seconds with CPU of its own, which a
+    latency phase started at once would count against the server. Returns what
+    was waited for (the deadline is a cap: the measurement still runs).
+    """
+    import asyncpg
+
+    started = time.monotonic()
+    before = dirty_kib()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    while dirty_kib() > max_dirty_kib and time.monotonic() - started < timeout:
+        await asyncio.sleep(0.1)
+    return {
+        "dirty_kib_before": before,
+        "dirty_kib_after": dirty_kib(),
+        "waited_s": round(time.monotonic() - started, 2),
+    }
+
+
 def broker_cpu_seconds() -> float:
     """CPU seconds used so far by the RabbitMQ node (``beam.smp``) on this machine."""
     return sum(p.cpu_s for p in live_processes() if p.command == "beam.smp")

@@ -18,13 +18,22 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import ADMIN_TOKEN, Infra, Result, Skipped, infrastructure, say
+from bench.common import (
+    ADMIN_TOKEN,
+    Infra,
+    Result,
+    Skipped,
+    infrastructure,
+    say,
+    wait_for_written_back,
+)
 from bench.events import publish_events, purge_queue, queue_depth
 from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput, process_tree, tree_rss_kib
 from bench.seed import seed_postback_publishers
@@ -42,7 +51,7 @@ SIZES = {
         "dead": (1_000, 10_000),
         "page_requests": 20,
         "first_arrival_timeout": 8.0,
-        "repeat_baseline": False,
+        "order": "AB",
         # A smoke test: one dispatcher process starts in ~1.5 s instead of ~3.3 s.
         "workers": 1,
     },
@@ -55,7 +64,7 @@ SIZES = {
         "dead": (1_000, 1_000_000),
         "page_requests": 200,
         "first_arrival_timeout": 30.0,
-        "repeat_baseline": True,
+        "order": "ABBAAB",
         "workers": None,  # the default: one consumer process per core
     },
 }
@@ -115,66 +124,62 @@ async def _rss_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
 
 
 async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
+    """Fresh-postback throughput without (A) and with (B) a backlog in the longest tier.
+
+    The runs alternate in the order ``cfg["order"]`` (full: A-B-B-A-A-B), the
+    backlog published before a B and purged before an A, so that slow drift of
+    a shared machine (and warm caches) falls on both sides alike; the figure is
+    the ratio of the two sides' mean rates.
+    """
     fresh, waiting = cfg["fresh"], cfg["retry"]
     tier = max(DEFAULT_RETRY_DELAYS)
+    tier_queue = retry_queue_name(tier)
+    runs: list[dict[str, Any]] = []
+    backlog: dict[str, Any] | None = None
+    loaded = False
     async with receiver("p5-fast-receiver") as rcv:
         publisher_ids = await seed_postback_publishers(infra.dsn, rcv.base, PUBLISHERS)
-        base_id = 10_000_000
-        none = await dispatcher_throughput(
-            infra,
-            rcv,
-            publisher_ids,
-            range(base_id, base_id + fresh),
-            "p5-fresh-none",
-            first_arrival_timeout=cfg["first_arrival_timeout"],
-            workers=cfg["workers"],
-        )
-        loaded_publish = await publish_events(
-            infra.amqp_url,
-            range(base_id + 1_000_000, base_id + 1_000_000 + waiting),
-            publisher_ids,
-            into_retry_tier=tier,
-        )
-        depth = await queue_depth(infra.amqp_url, retry_queue_name(tier))
-        # A-B-B-A: two runs with the backlog between two without, so that drift
-        # on a shared machine (and warm caches) cancels out of the ratio.
-        loaded_runs = [
-            await dispatcher_throughput(
+        next_id = 10_000_000
+        for n, side in enumerate(cfg["order"], start=1):
+            want_backlog = side == "B"
+            if want_backlog and not loaded:
+                published = await publish_events(
+                    infra.amqp_url,
+                    range(next_id, next_id + waiting),
+                    publisher_ids,
+                    into_retry_tier=tier,
+                )
+                next_id += waiting
+                backlog = {
+                    "queue": tier_queue,
+                    "depth": await queue_depth(infra.amqp_url, tier_queue),
+                    **published,
+                }
+            elif loaded and not want_backlog:
+                await purge_queue(infra.amqp_url, tier_queue)
+            loaded = want_backlog
+            run = await dispatcher_throughput(
                 infra,
                 rcv,
                 publisher_ids,
-                range(base_id + offset, base_id + offset + fresh),
-                f"p5-fresh-loaded-{n}",
+                range(next_id, next_id + fresh),
+                f"p5-fresh-{n}-{'backlog' if loaded else 'none'}",
                 first_arrival_timeout=cfg["first_arrival_timeout"],
                 workers=cfg["workers"],
             )
-            for n, offset in enumerate(
-                (2_000_000, 4_000_000)[: 2 if cfg["repeat_baseline"] else 1], start=1
-            )
-        ]
-        none_again = none
-        if cfg["repeat_baseline"]:
-            await purge_queue(infra.amqp_url, retry_queue_name(tier))
-            none_again = await dispatcher_throughput(
-                infra,
-                rcv,
-                publisher_ids,
-                range(base_id + 3_000_000, base_id + 3_000_000 + fresh),
-                "p5-fresh-none-again",
-                first_arrival_timeout=cfg["first_arrival_timeout"],
-                workers=cfg["workers"],
-            )
-    baseline = (none["rate_per_s"] + none_again["rate_per_s"]) / 2
-    loaded_rate = sum(run["rate_per_s"] for run in loaded_runs) / len(loaded_runs)
-    ratio = loaded_rate / baseline
+            next_id += fresh
+            runs.append({"backlog": loaded, **run})
+    none_rates = [run["rate_per_s"] for run in runs if not run["backlog"]]
+    loaded_rates = [run["rate_per_s"] for run in runs if run["backlog"]]
+    ratio = statistics.fmean(loaded_rates) / statistics.fmean(none_rates)
     result.figures["retry_tiers"] = {
         "fresh_events": fresh,
-        "none_waiting": none,
-        "waiting_in_tier": {"queue": retry_queue_name(tier), "depth": depth, **loaded_publish},
-        "with_waiting": loaded_runs,
-        "none_waiting_again": none_again,
+        "order": cfg["order"],
+        "waiting_in_tier": backlog,
+        "runs": runs,
         "ratio_loaded_over_none": round(ratio, 3),
-        "method": "A-B-B-A: none, with the backlog twice, none again; ratio of the means",
+        "method": f"{'-'.join(cfg['order'])} (A: nothing waiting, B: the backlog in the "
+        "longest tier); ratio of the mean rates",
     }
     result.target(
         f"fresh postbacks/s with {waiting:,} in retry tiers ÷ with none",
@@ -260,13 +265,14 @@ async def _dead_letter_part(infra: Infra, cfg: dict[str, Any], result: Result) -
                 # map and hint bits set, dirty pages written, so autovacuum and the
                 # checkpointer do not run during the timing.
                 await conn.execute("VACUUM (ANALYZE) dead_letters")
-                await conn.execute("CHECKPOINT")
+                settled = await wait_for_written_back(infra.dsn)
                 plan = orjson.loads(await conn.fetchval(EXPLAIN_PAGE))
                 inserted = size
                 say(f"{size:,} dead letters stored (insert {insert_s:.1f}s)")
                 figures[label] = {
                     "stored": size,
                     "insert_s": round(insert_s, 2),
+                    "settled_before": settled,
                     "sql_execution_ms": round(plan[0]["Execution Time"], 3),
                     "sql_plan": plan[0]["Plan"]["Plans"][0]["Node Type"]
                     + " using "
@@ -292,7 +298,7 @@ async def run(mode: str, result: Result) -> None:
         result.notes.append(
             f"P5 smoke run: DISPATCHER_WORKERS={cfg['workers']} (full: the default)"
         )
-    parts = (
+    parts: tuple[tuple[str, Callable[[Infra, dict[str, Any], Result], Awaitable[None]]], ...] = (
         ("rss", _rss_part),
         ("retry tiers", _retry_tier_part),
         ("dead-letter page", _dead_letter_part),
