@@ -64,7 +64,7 @@ SIZES = {
         "dead": (1_000, 1_000_000),
         "page_requests": 200,
         "first_arrival_timeout": 30.0,
-        "order": "ABBAAB",
+        "order": "ABBABAAB",
         "workers": None,  # the default: one consumer process per core
     },
 }
@@ -126,7 +126,7 @@ async def _rss_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
 async def _retry_tier_part(infra: Infra, cfg: dict[str, Any], result: Result) -> None:
     """Fresh-postback throughput without (A) and with (B) a backlog in the longest tier.
 
-    The runs alternate in the order ``cfg["order"]`` (full: A-B-B-A-A-B), the
+    The runs alternate in the order ``cfg["order"]`` (full: A-B-B-A-B-A-A-B), the
     backlog published before a B and purged before an A, so that slow drift of
     a shared machine (and warm caches) falls on both sides alike; the figure is
     the ratio of the two sides' mean rates.

@@ -135,6 +135,7 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         ),
     )
     add("P2", "raw aiohttp loop", _get(p2, "raw_aiohttp_loop", "rps"), "req/s")
+    add("P2", "per-round ratios (dispatcher and raw loop alternate)", _get(p2, "ratio_per_round"))
     add("P2", "pre-fill publish (confirms)", _get(p2, "dispatcher", "prefill", "rate_per_s"), "/s")
     for ack in ("single", "batched"):
         add(
@@ -194,7 +195,7 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         for n, run in enumerate(tiers["runs"], start=1):
             waiting = f"{depth} in a retry tier" if run["backlog"] else "nothing in retry tiers"
             add("P5", f"fresh postbacks/s, run {n}: {waiting}", run.get("rate_per_s"), "/s")
-    else:  # results written before the runs alternated A-B-B-A-A-B
+    else:  # results written before the runs alternated
         loaded = tiers.get("with_waiting")
         for label, run in (
             ("nothing in retry tiers", tiers.get("none_waiting")),
