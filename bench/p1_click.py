@@ -40,6 +40,7 @@ from bench.common import (
     running,
     say,
     spawn,
+    wait_for_quiet_machine,
     wait_for_written_back,
     wait_until,
 )
@@ -246,6 +247,8 @@ async def run(mode: str, result: Result) -> None:
         # The latency phase measures half the load, not the write-back of the
         # saturated rounds' clicks.
         settled = await wait_for_written_back(infra.dsn)
+        # ... and not the autovacuum or kernel work the rounds left behind either.
+        settled["quiet_after_s"] = await wait_for_quiet_machine()
         # Where the machine's CPU went meanwhile: explains a tail that is not ours.
         account = CpuAccount()
         account.start()
