@@ -90,3 +90,15 @@ def test_query_parsing_caps_cleans_and_prefers_aliases_in_order() -> None:
     assert subs == ["x y", "ab", None, None, None]
     assert parse_click_query(b"")[0] is None
     assert parse_click_query(b"cid=" + b"z" * 300)[0] == "z" * 256
+
+
+def test_query_parsing_decodes_escaped_names_and_skips_blank_aliases() -> None:
+    # Escaped parameter names are ours too; unknown and valueless ones are ignored.
+    external_id, subs = parse_click_query(b"c%69d=abc&sub%33=x%2By&utm=1&sub1&clickid=zz")
+    assert external_id == "abc"
+    assert subs == [None, None, "x+y", None, None]
+    # A blank preferred alias does not hide a later one; the first value of a name wins.
+    assert parse_click_query(b"cid=+&click_id=two&click_id=three")[0] == "two"
+    assert parse_click_query(b"external_id=e&cid=%20c%20")[0] == "c"
+    # A whitespace-only sub is no value: a later one of the same name fills the slot.
+    assert parse_click_query(b"sub2=%20&sub2=b")[1] == [None, "b", None, None, None]
