@@ -157,7 +157,7 @@ def parse_click_query(query: bytes) -> tuple[str | None, list[str | None]]:
                 subs[slot] = _clean(value)
         else:
             if aliases is None:
-                aliases = [None, None, None, None]
+                aliases = [None] * len(EXTERNAL_ID_PARAMS)
             rank = slot - _ALIAS_BASE
             if aliases[rank] is None and value.strip():
                 aliases[rank] = value
