@@ -34,7 +34,6 @@ from bench.common import (
     cpu_seconds,
     infrastructure,
     live_processes,
-    machine_busy_seconds,
     rss_kib,
     say,
     wait_for_quiet_machine,
@@ -166,7 +165,6 @@ async def dispatcher_throughput(
         # The whole process tree: with DISPATCHER_WORKERS > 1 the consumers are children.
         processes = len(process_tree(proc.pid))
         cpu = tree_cpu_seconds(proc.pid)
-        busy, total = machine_busy_seconds()
         broker = broker_cpu_seconds()
         account = CpuAccount()
         account.start()
@@ -174,7 +172,6 @@ async def dispatcher_throughput(
             rcv, len(conversion_ids), proc.alive, first_arrival_timeout
         )
         used = tree_cpu_seconds(proc.pid) - cpu
-        busy_after, total_after = machine_busy_seconds()
         broker_used = broker_cpu_seconds() - broker
         # Every process's share: says what else took the machine during a slow run.
         figures["cpu"] = account.stop(len(conversion_ids), figures["wall_s"])
@@ -185,9 +182,7 @@ async def dispatcher_throughput(
         figures["broker_cpu_us_per_postback"] = round(broker_used / len(conversion_ids) * 1e6, 1)
         figures["settle_s"] = settle_s
         # How busy the whole machine was meanwhile (share of all cores; 1.0 = saturated).
-        figures["machine_cpu_busy_share"] = round(
-            (busy_after - busy) / max(total_after - total, 1e-9), 2
-        )
+        figures["machine_cpu_busy_share"] = figures["cpu"]["machine_busy_share"]
     figures["prefill"] = published
     return figures
 

@@ -191,21 +191,9 @@ def key_figures(benchmarks: dict[str, Any]) -> list[str]:
         )
     tiers = _get(p5, "retry_tiers") or {}
     depth = fmt(_get(tiers, "waiting_in_tier", "depth"))
-    if "runs" in tiers:
-        for n, run in enumerate(tiers["runs"], start=1):
-            waiting = f"{depth} in a retry tier" if run["backlog"] else "nothing in retry tiers"
-            add("P5", f"fresh postbacks/s, run {n}: {waiting}", run.get("rate_per_s"), "/s")
-    else:  # results written before the runs alternated
-        loaded = tiers.get("with_waiting")
-        for label, run in (
-            ("nothing in retry tiers", tiers.get("none_waiting")),
-            *(
-                (f"{depth} in a retry tier", r)
-                for r in (loaded if isinstance(loaded, list) else [loaded])
-            ),
-            ("nothing in retry tiers (again)", tiers.get("none_waiting_again")),
-        ):
-            add("P5", f"fresh postbacks/s, {label}", _get(run or {}, "rate_per_s"), "/s")
+    for n, run in enumerate(tiers.get("runs") or [], start=1):
+        waiting = f"{depth} in a retry tier" if run["backlog"] else "nothing in retry tiers"
+        add("P5", f"fresh postbacks/s, run {n}: {waiting}", run.get("rate_per_s"), "/s")
     for label in ("small", "large"):
         add(
             "P5",
