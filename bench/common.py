@@ -493,6 +493,37 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / ticks_per_s, total / ticks_per_s
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (services may run worker processes)."""
+    children: dict[int, list[int]] = {}
+    for proc in live_processes():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with suppress(OSError, IndexError):  # exited meanwhile
+            total += cpu_seconds(member)
+    return total
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` and its live descendants, in KiB."""
+    total = 0
+    for member in process_tree(pid):
+        with suppress(OSError, RuntimeError):  # exited meanwhile
+            total += rss_kib(member)
+    return total
+
+
 def dirty_kib() -> int:
     """Page cache waiting to be written to disk (``Dirty`` + ``Writeback``, /proc/meminfo)."""
     total = 0

@@ -1,7 +1,7 @@
 """P1 - the click path: GET /get/{code} beside a raw-ASGI 302 on the same server.
 
 1. The raw ASGI app (bench/raw_asgi.py) under uvicorn with the gateway's server
-   settings (uvloop, httptools, 1 worker, no access log), and the real gateway
+   settings (uvloop, httptools, as many workers, no access log), and the real gateway
    (``click-gateway serve``) on a fresh database/vhost with a realistic SmartLink
    (5 targeted, weighted offers) created via the admin API - both up together.
 2. A warm-up each (the gateway's on a second SmartLink), then rounds of the same
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -33,13 +34,13 @@ from bench.common import (
     Proc,
     Result,
     Skipped,
-    cpu_seconds,
     free_port,
     http_status,
     infrastructure,
     running,
     say,
     spawn,
+    tree_cpu_seconds,
     wait_for_quiet_machine,
     wait_for_written_back,
     wait_until,
@@ -47,6 +48,7 @@ from bench.common import (
 from bench.seed import seed_click_scenario
 from bench.services import gateway
 from bench.wrk import run_wrk
+from postback_core.settings import resolve_workers
 
 SETTINGS = {
     "quick": {"rounds": 1, "duration": 1, "warmup": 1, "half_duration": 1},
@@ -56,9 +58,15 @@ WRK_THREADS = 1
 WRK_CONNECTIONS = 32
 
 
+def server_workers() -> int:
+    """Worker processes for both servers: the gateway's default (one per CPU, at
+    most 4) unless ``BENCH_P1_WORKERS`` asks for an experiment with another count."""
+    return resolve_workers(int(os.environ.get("BENCH_P1_WORKERS", "0")))
+
+
 @asynccontextmanager
 async def _raw_asgi_server() -> AsyncIterator[tuple[Proc, str]]:
-    """The ceiling, served like the gateway: uvicorn, uvloop, httptools, 1 worker."""
+    """The ceiling, served like the gateway: uvicorn, uvloop, httptools, as many workers."""
     port = free_port()
     proc = spawn(
         "p1-raw-asgi",
@@ -72,7 +80,7 @@ async def _raw_asgi_server() -> AsyncIterator[tuple[Proc, str]]:
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(server_workers()),
             "--loop",
             "uvloop",
             "--http",
@@ -170,16 +178,21 @@ async def run(mode: str, result: Result) -> None:
         raise Skipped("wrk is not installed (Debian package wrk)")
     cfg = SETTINGS[mode]
     rounds, duration = cfg["rounds"], cfg["duration"]
+    workers = server_workers()
+    result.figures["workers"] = workers
+    if os.environ.get("BENCH_P1_WORKERS"):
+        result.notes.append(f"experiment: BENCH_P1_WORKERS={workers} (both servers)")
     result.notes.append(
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{duration}s --latency, "
         "Lua visitor mix (20 UAs, 19 client IPs via X-Forwarded-For); "
         f"{cfg['warmup']}s warm-up per server, then {rounds} round(s) alternating raw ASGI "
-        "and gateway (both servers up the whole time, one loaded at a time)"
+        f"and gateway (both servers up the whole time, one loaded at a time; {workers} "
+        "worker process(es) each, CPU summed over each server's process tree)"
     )
     async with (
         _raw_asgi_server() as (raw_proc, raw_base),
         infrastructure("p1") as infra,
-        gateway(infra, "p1-gateway") as (gw_proc, base),
+        gateway(infra, "p1-gateway", GATEWAY_WORKERS=server_workers()) as (gw_proc, base),
     ):
         seeded = await seed_click_scenario(base, infra.dsn, smartlinks=2)
         result.figures["seeded_via"] = seeded.ways
@@ -206,17 +219,17 @@ async def run(mode: str, result: Result) -> None:
         try:
             smartlink_id = await conn.fetchval("SELECT id FROM smartlinks WHERE code = $1", code)
             for n in range(rounds):
-                cpu = cpu_seconds(raw_proc.pid)
+                cpu = tree_cpu_seconds(raw_proc.pid)
                 raw = await run_wrk(raw_base, "/get/raw", WRK_THREADS, WRK_CONNECTIONS, duration)
                 raw["server_cpu_us_per_request"] = round(
-                    (cpu_seconds(raw_proc.pid) - cpu) / raw["requests"] * 1e6, 2
+                    (tree_cpu_seconds(raw_proc.pid) - cpu) / raw["requests"] * 1e6, 2
                 )
                 raw_runs.append(raw)
-                cpu = cpu_seconds(gw_proc.pid)
+                cpu = tree_cpu_seconds(gw_proc.pid)
                 gw = await run_wrk(base, path, WRK_THREADS, WRK_CONNECTIONS, duration)
                 stopped = time.monotonic()
                 gw["server_cpu_us_per_request"] = round(
-                    (cpu_seconds(gw_proc.pid) - cpu) / gw["requests"] * 1e6, 2
+                    (tree_cpu_seconds(gw_proc.pid) - cpu) / gw["requests"] * 1e6, 2
                 )
                 gw_runs.append(gw)
                 expected = sum(r["requests"] for r in gw_runs)

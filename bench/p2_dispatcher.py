@@ -17,7 +17,6 @@ per core). CPU per postback is summed over the dispatcher's whole process tree;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
@@ -31,11 +30,10 @@ from bench.common import (
     Result,
     Skipped,
     broker_cpu_seconds,
-    cpu_seconds,
     infrastructure,
-    live_processes,
-    rss_kib,
+    process_tree,
     say,
+    tree_cpu_seconds,
     wait_for_quiet_machine,
 )
 from bench.events import publish_events
@@ -74,37 +72,6 @@ def dispatcher_env(concurrency: int = CONCURRENCY, workers: int | None = None) -
     if os.environ.get("BENCH_P2_WORKERS"):
         env["DISPATCHER_WORKERS"] = os.environ["BENCH_P2_WORKERS"]
     return env
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (the dispatcher may run worker processes)."""
-    children: dict[int, list[int]] = {}
-    for proc in live_processes():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, ()))
-    return tree
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time used so far by ``pid`` and its live descendants."""
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError):  # exited meanwhile
-            total += cpu_seconds(member)
-    return total
-
-
-def tree_rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` and its live descendants, in KiB."""
-    total = 0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError, RuntimeError):  # exited meanwhile
-            total += rss_kib(member)
-    return total
 
 
 async def wait_for_deliveries(

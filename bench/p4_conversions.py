@@ -18,11 +18,11 @@ import asyncpg
 from bench.common import (
     CpuAccount,
     Result,
-    cpu_seconds,
     drop_outbox_notify_if_asked,
     infrastructure,
     pg_activity,
     say,
+    tree_cpu_seconds,
 )
 from bench.openloop import closed_loop
 from bench.p3_end_to_end import (
@@ -66,7 +66,7 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
 
         await closed_loop("127.0.0.1", port, CLIENTS, cfg["warmup"], request_for("w"))
         activity: dict[str, Any] = {}
-        cpu = cpu_seconds(_gw.pid)
+        cpu = tree_cpu_seconds(_gw.pid)
         account = CpuAccount(infra.dsn)
         account.start()
         async with pg_activity(infra.dsn, activity):
@@ -84,7 +84,7 @@ async def _measure(infra: Any, cfg: dict[str, Any], result: Result) -> None:
         created = measured.statuses.get(201, 0)
         summary["created_per_s"] = round(created / measured.elapsed_s, 1)
         # Gateway CPU per conversion, and its share of one core during the run.
-        used = cpu_seconds(_gw.pid) - cpu
+        used = tree_cpu_seconds(_gw.pid) - cpu
         summary["gateway_cpu_us_per_request"] = round(used / max(1, measured.completed) * 1e6, 1)
         summary["gateway_cpu_share_of_one_core"] = round(used / measured.elapsed_s, 2)
         result.figures["conversion_api"] = summary

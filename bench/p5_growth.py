@@ -31,11 +31,13 @@ from bench.common import (
     Result,
     Skipped,
     infrastructure,
+    process_tree,
     say,
+    tree_rss_kib,
     wait_for_written_back,
 )
 from bench.events import publish_events, purge_queue, queue_depth
-from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput, process_tree, tree_rss_kib
+from bench.p2_dispatcher import dispatcher_env, dispatcher_throughput
 from bench.seed import seed_postback_publishers
 from bench.services import dispatcher, receiver
 from postback_core.settings import DEFAULT_RETRY_DELAYS

@@ -8,6 +8,7 @@ refused early when it is unsafe (fail fast on bad config).
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,11 +17,32 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postback"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
+# Worker processes when a service's *_WORKERS setting is 0 (auto): one per CPU, at most this.
+AUTO_WORKERS_MAX = 4
 
 # Values that look like someone forgot to set a real secret.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "changeme", "change-me", "change_me", "secret", "admin", "token", "dev", "test", "xxx"}
 )
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(setting: int) -> int:
+    """A *_WORKERS setting: as given when positive; 0 means one per CPU, at most AUTO_WORKERS_MAX.
+
+    One Python process runs on one core; a box with more cores needs more
+    processes to use them.
+    """
+    if setting > 0:
+        return setting
+    return max(1, min(available_cpus(), AUTO_WORKERS_MAX))
 
 
 def _split_csv(value: object) -> object:

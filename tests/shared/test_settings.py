@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from click_gateway.settings import GatewaySettings
+from postback_core.settings import AUTO_WORKERS_MAX
 from postback_dispatcher.settings import DispatcherSettings
 
 
@@ -27,6 +30,17 @@ def test_defaults_match_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.trusted_proxies == ()
     assert DispatcherSettings(ENV="dev", _env_file=None).port == 8001
+
+
+def test_both_services_run_one_worker_per_cpu_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GATEWAY_WORKERS", "DISPATCHER_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    per_cpu = max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX))
+    assert GatewaySettings(ENV="dev", _env_file=None).workers == per_cpu
+    assert DispatcherSettings(ENV="dev", _env_file=None).workers == per_cpu
+    assert GatewaySettings(ENV="dev", GATEWAY_WORKERS=3).workers == 3
+    with pytest.raises(ValidationError):
+        GatewaySettings(ENV="dev", GATEWAY_WORKERS=-1)
 
 
 def test_retry_delays_and_trusted_proxies_parse_from_csv() -> None:

@@ -9,8 +9,10 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from click_gateway.app import GatewayApp, create_app
 from click_gateway.settings import GatewaySettings
 from postback_core.logs import configure_logging
+from postback_core.process import name_this_process
 
 cli = typer.Typer(
     help="SmartLink click gateway: redirects, click recording, admin and conversion APIs.",
@@ -66,7 +68,7 @@ def serve(
     if migrate_first:
         _migrate(settings)
     uvicorn.run(
-        "click_gateway.app:create_app",
+        "click_gateway.cli:serving_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
@@ -79,6 +81,17 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=int(max(5, settings.click_flush_interval_ms / 1000 + 5)),
     )
+
+
+def serving_app() -> GatewayApp:
+    """The app factory ``serve`` gives uvicorn; runs in each worker process.
+
+    Workers are spawned fresh (not forked), so each sets up its own logging.
+    """
+    name_this_process("click-gateway")
+    settings = _settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def main() -> None:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field
 
-from postback_core.settings import HTTPServiceSettings
+from postback_core.settings import AUTO_WORKERS_MAX, HTTPServiceSettings, resolve_workers
 
-AUTO_WORKERS_MAX = 4
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+__all__ = ["AUTO_WORKERS_MAX", "DispatcherSettings"]
 
 
 class DispatcherSettings(HTTPServiceSettings):
@@ -38,6 +29,4 @@ class DispatcherSettings(HTTPServiceSettings):
     @property
     def workers(self) -> int:
         """How many consumer processes to run (DISPATCHER_WORKERS, 0 resolved)."""
-        if self.workers_setting > 0:
-            return self.workers_setting
-        return max(1, min(available_cpus(), AUTO_WORKERS_MAX))
+        return resolve_workers(self.workers_setting)

@@ -75,7 +75,9 @@ def _worker_main(settings: DispatcherSettings, index: int, conn: Connection) -> 
     import uvloop
 
     from postback_core.logs import configure_logging
+    from postback_core.process import name_this_process
 
+    name_this_process("postback-dispatcher")
     configure_logging(settings.log_level)
     try:
         uvloop.run(_serve(settings, index, conn))
