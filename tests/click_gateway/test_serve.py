@@ -50,7 +50,10 @@ def _children(pid: int) -> list[int]:
 
 
 def _comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # exited meanwhile
+        return ""
 
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="needs Linux /proc")
@@ -89,8 +92,13 @@ async def test_two_workers_serve_clicks_and_store_every_one_on_sigterm(
                     return False
 
             await wait_for(ready, timeout=30, message="gateway ready")
-            workers = [pid for pid in _children(proc.pid) if _comm(pid) == "click-gateway"]
-            assert len(workers) == 2, [(pid, _comm(pid)) for pid in _children(proc.pid)]
+
+            async def both_workers_named() -> list[int] | None:
+                # One worker may answer /readyz before the other has started.
+                named = [pid for pid in _children(proc.pid) if _comm(pid) == "click-gateway"]
+                return named if len(named) == 2 else None
+
+            await wait_for(both_workers_named, timeout=30, message="two click-gateway workers")
 
             async def click(n: int) -> int | None:
                 response = await client.get(f"/get/{code}?cid=serve-{n}", headers=BROWSER)
