@@ -506,22 +506,23 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time used so far by ``pid`` and its live descendants."""
+def _tree_sum(pid: int, measure: Callable[[int], float]) -> float:
+    """``measure`` summed over ``pid`` and its live descendants (one may exit meanwhile)."""
     total = 0.0
     for member in process_tree(pid):
-        with suppress(OSError, IndexError):  # exited meanwhile
-            total += cpu_seconds(member)
+        with suppress(OSError, IndexError, RuntimeError):
+            total += measure(member)
     return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and its live descendants."""
+    return _tree_sum(pid, cpu_seconds)
 
 
 def tree_rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` and its live descendants, in KiB."""
-    total = 0
-    for member in process_tree(pid):
-        with suppress(OSError, RuntimeError):  # exited meanwhile
-            total += rss_kib(member)
-    return total
+    return int(_tree_sum(pid, rss_kib))
 
 
 def dirty_kib() -> int:

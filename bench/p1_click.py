@@ -65,7 +65,7 @@ def server_workers() -> int:
 
 
 @asynccontextmanager
-async def _raw_asgi_server() -> AsyncIterator[tuple[Proc, str]]:
+async def _raw_asgi_server(workers: int) -> AsyncIterator[tuple[Proc, str]]:
     """The ceiling, served like the gateway: uvicorn, uvloop, httptools, as many workers."""
     port = free_port()
     proc = spawn(
@@ -80,7 +80,7 @@ async def _raw_asgi_server() -> AsyncIterator[tuple[Proc, str]]:
             "--port",
             str(port),
             "--workers",
-            str(server_workers()),
+            str(workers),
             "--loop",
             "uvloop",
             "--http",
@@ -190,9 +190,9 @@ async def run(mode: str, result: Result) -> None:
         "worker process(es) each, CPU summed over each server's process tree)"
     )
     async with (
-        _raw_asgi_server() as (raw_proc, raw_base),
+        _raw_asgi_server(workers) as (raw_proc, raw_base),
         infrastructure("p1") as infra,
-        gateway(infra, "p1-gateway", GATEWAY_WORKERS=server_workers()) as (gw_proc, base),
+        gateway(infra, "p1-gateway", GATEWAY_WORKERS=workers) as (gw_proc, base),
     ):
         seeded = await seed_click_scenario(base, infra.dsn, smartlinks=2)
         result.figures["seeded_via"] = seeded.ways

@@ -9,8 +9,9 @@ import signal
 import aio_pika
 import asyncpg
 
+from postback_core.settings import AUTO_WORKERS_MAX
 from postback_core.topology import WORK_QUEUE
-from postback_dispatcher.settings import AUTO_WORKERS_MAX, DispatcherSettings
+from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.workers import worker_settings
 from tests.postback_dispatcher.conftest import (
     create_publisher_with_settings,

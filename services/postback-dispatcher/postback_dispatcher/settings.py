@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from postback_core.settings import AUTO_WORKERS_MAX, HTTPServiceSettings, resolve_workers
-
-__all__ = ["AUTO_WORKERS_MAX", "DispatcherSettings"]
+from postback_core.settings import HTTPServiceSettings, resolve_workers
 
 
 class DispatcherSettings(HTTPServiceSettings):
