@@ -12,7 +12,11 @@ export ENV ?= dev
 export ADMIN_TOKEN ?= dev-admin-token-change-me-in-production
 endif
 
-.PHONY: run test lint typecheck bench bench-quick install clean
+.PHONY: run test lint typecheck bench bench-quick install system-packages clean
+
+# Debian packages the tests and benchmarks drive: Chromium (browser tests) and wrk
+# (click benchmark). Installed on first use; needs root or sudo.
+SYSTEM_PACKAGES := chromium wrk
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +25,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+system-packages:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 ## Run both services (and migrations) against local PostgreSQL and RabbitMQ; Ctrl-C stops both.
 run: $(STAMP)
@@ -32,7 +45,7 @@ run: $(STAMP)
 	wait -n $$gw $$dp; status=$$?; kill -TERM $$gw $$dp 2>/dev/null; wait $$gw $$dp; exit $$status
 
 ## Run the whole test suite against real PostgreSQL, RabbitMQ and HTTP receivers.
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -42,10 +55,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy shared services
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(BIN)/python -m bench.run --full
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) system-packages
 	$(BIN)/python -m bench.run --quick
 
 clean:

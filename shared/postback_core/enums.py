@@ -1,0 +1,79 @@
+"""Every closed set of values the platform stores or accepts, defined once.
+
+Python code, the database's CHECK constraints, the API schemas, the pages and
+the CLI all take their values from these enumerations, so a value can't exist
+in one place and be missing in another (a filter offering a reason that is
+never stored, a stored outcome the page can't show). Values are the strings
+stored in the database: changing one needs a migration.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeadLetterReason(StrEnum):
+    """Why a postback (or an unreadable message) ended in the dead-letter queue."""
+
+    EXHAUSTED = "exhausted"  # every attempt failed with a retryable error
+    PERMANENT_HTTP_4XX = "permanent_http_4xx"  # refused by the receiver (a 4xx but 408/425/429)
+    UNEXPECTED_STATUS = "unexpected_status"  # 1xx/3xx without a usable Location, or other oddities
+    SSRF_BLOCKED = "ssrf_blocked"  # the URL points at a non-public address
+    INVALID_URL = "invalid_url"  # the rendered URL can't be requested
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    POISON = "poison"  # the message is not a valid conversion event
+    OVERSIZED = "oversized"  # the message is larger than the accepted maximum
+    DELIVERY_LIMIT = "delivery_limit"  # the broker gave up redelivering it
+    BROKER_REJECTED = "broker_rejected"  # dead-lettered by the broker for another reason
+    UNKNOWN = "unknown"  # arrived in the dead-letter queue without a reason
+
+
+class AttemptOutcome(StrEnum):
+    """What one row of the attempt log records."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # failed; another attempt is scheduled
+    DEAD = "dead"  # failed; dead-lettered
+    SKIPPED = "skipped"  # the publisher has no postback URL
+    DEFERRED = "deferred"  # not sent (endpoint paused by the breaker); no attempt used
+    BREAKER_OPEN = "breaker_open"  # legacy rows: an open breaker used to count as an attempt
+    FAILED = "failed"  # a test postback that did not get a 2xx
+
+
+class AttemptTrigger(StrEnum):
+    """Why an attempt was made."""
+
+    FIRST = "first"
+    RETRY = "retry"
+    REPLAY = "replay"
+    TEST = "test"
+
+
+class DeliveryStatus(StrEnum):
+    """The dispatcher's state of one conversion's postback (``deliveries.status``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"
+    DEAD = "dead"
+
+
+class DeadLetterState(StrEnum):
+    """Where a dead letter is in the operators' workflow (``dead_letters.state``)."""
+
+    DEAD = "dead"  # open: listed, can be replayed or purged
+    REPLAYED = "replayed"
+    PURGED = "purged"
+
+
+class ConversionStatus(StrEnum):
+    """A conversion's status as the advertiser (or an operator) reports it."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+def sql_values(enum: type[StrEnum]) -> str:
+    """``'a', 'b', 'c'``: the members as an SQL list, for ``CHECK (column IN (...))``."""
+    return ", ".join("'" + member.value.replace("'", "''") + "'" for member in enum)
