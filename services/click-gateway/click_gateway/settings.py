@@ -16,6 +16,9 @@ class GatewaySettings(HTTPServiceSettings):
     # Click writes are buffered and flushed with COPY: whichever comes first.
     click_flush_interval_ms: int = Field(100, alias="CLICK_FLUSH_INTERVAL_MS", ge=5, le=900)
     click_flush_max_rows: int = Field(5000, alias="CLICK_FLUSH_MAX_ROWS", ge=1, le=100_000)
+    # Where clicks go while PostgreSQL is away (a persistent volume in production);
+    # empty: a directory per database under the system's temporary directory.
+    click_spill_dir: str = Field("", alias="CLICK_SPILL_DIR")
     click_retention_days: int = Field(90, alias="CLICK_RETENTION_DAYS", ge=1)
     # How often the SmartLink/offer cache looks for changes.
     cache_refresh_seconds: float = Field(2.0, alias="CACHE_REFRESH_SECONDS", gt=0, le=60)

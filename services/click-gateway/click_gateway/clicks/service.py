@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -213,7 +214,10 @@ class ClickService:
         # (peer, X-Forwarded-For) → (ip, country, ip as inet wire bytes), one lookup per click.
         self._locate = lru_cache(maxsize=ADDRESS_CACHE_SIZE)(self._locate_uncached)
         self.buffer = ClickBuffer(
-            self.dsn, settings.click_flush_interval_ms, settings.click_flush_max_rows
+            self.dsn,
+            settings.click_flush_interval_ms,
+            settings.click_flush_max_rows,
+            spill_dir=Path(settings.click_spill_dir) if settings.click_spill_dir else None,
         )
         self.pool: asyncpg.Pool | None = None
         self.cache: CatalogCache | None = None
@@ -456,6 +460,11 @@ class ClickService:
             row = await self._select(click_id, created_at)
             if row is not None:
                 return record_from_row(row)
+            # It may be among the clicks kept on disk during an outage.
+            if self.buffer.has_backlog and await self.buffer.wait_backlog_written(
+                FIND_POLL_DEADLINE_SECONDS
+            ):
+                continue
             if age > RECENT_CLICK_SECONDS or time.monotonic() > deadline:
                 return None
             await asyncio.sleep(FIND_POLL_INTERVAL_SECONDS)
