@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from postback_core.amqp import broker_urls
+
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postback"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -78,6 +80,11 @@ class CommonSettings(BaseSettings):
                 raise ValueError("every retry delay must be a positive number of seconds")
             return delays
         return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _broker_urls(cls, value: str) -> str:
+        return ",".join(broker_urls(value))
 
     @field_validator("database_url")
     @classmethod

@@ -343,3 +343,33 @@ async def test_relay_is_woken_by_the_insert_not_by_its_poll(
             )
             latency = time.perf_counter() - started
             assert latency < 2, f"insert → broker took {latency * 1000:.1f} ms"
+
+
+async def test_the_relay_moves_to_another_broker_node_when_its_node_goes_away(
+    isolated: Isolated, db: asyncpg.Connection
+) -> None:
+    """AMQP_URL lists two "nodes" (proxies to the test broker); the relay's node goes down."""
+    routing_key = f"relaytest.{uuid.uuid4().hex}"
+    async with run_tcp_proxy() as first, run_tcp_proxy() as second:
+        settings = GatewaySettings(
+            DATABASE_URL=isolated.database_url,
+            AMQP_URL=f"{first.amqp_url(isolated.vhost_path)},{second.amqp_url(isolated.vhost_path)}",
+            OUTBOX_POLL_SECONDS=0.5,
+        )
+        async with (
+            observe_events(isolated.amqp_url, routing_key) as observer,
+            running_relay(settings),
+        ):
+            before = await _insert_events(db, routing_key, 3)
+            await wait_for(lambda: _value(len(observer.received) >= 3), message="via node one")
+            assert first.connections_made >= 1
+
+            first.refuse()  # for good: only the other node answers from now on
+            after = await _insert_events(db, routing_key, 3)
+            await wait_for(
+                lambda: _value(len(observer.received) >= 6),
+                timeout=15,
+                message="events published through the other node",
+            )
+            assert second.connections_made >= 1
+            assert {m.message_id for m in observer.received} >= {str(e) for e in before + after}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from click_gateway.clicks.service import ClickService
 from click_gateway.outbox.relay import OutboxRelay
 from click_gateway.settings import GatewaySettings
+from postback_core import amqp
 from postback_core.db.base import create_engine, create_sessionmaker
 from postback_core.topology import declare_topology
 
@@ -54,7 +54,7 @@ class GatewayRuntime:
 
 async def declare_broker_topology(settings: GatewaySettings) -> None:
     """Used by ``migrate``: make sure exchanges and queues exist before traffic."""
-    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
+    connection = await amqp.connect(settings.amqp_url, connect_seconds=10)
     try:
         channel = await connection.channel()
         await declare_topology(channel, settings.postback_retry_delays)

@@ -27,7 +27,6 @@ import logging
 import time
 from typing import Any
 
-import aio_pika
 import aiormq
 import asyncpg
 import orjson
@@ -36,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from click_gateway.outbox import repository
 from click_gateway.settings import GatewaySettings
+from postback_core import amqp
 from postback_core.amqp_batch import Outgoing, publish_batch
 from postback_core.db.base import asyncpg_dsn
 from postback_core.topology import declare_topology
@@ -204,9 +204,9 @@ class OutboxRelay:
         if self._broker_ready and self._broker is not None and not self._broker.is_closed:
             return
         await self._close_broker()
-        connection = await aio_pika.connect(
+        connection = await amqp.connect(
             self.settings.amqp_url,
-            timeout=BROKER_CONNECT_TIMEOUT,
+            connect_seconds=BROKER_CONNECT_TIMEOUT,
             client_properties={"connection_name": "click-gateway-outbox-relay"},
         )
         try:

@@ -13,6 +13,7 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from postback_core import amqp
 from postback_core.contracts import CONVERSION_CREATED
 from postback_core.topology import (
     EVENTS_EXCHANGE,
@@ -68,7 +69,7 @@ class ReplayPublisher:
             await self._close_quietly()
             try:
                 self._connection = await asyncio.wait_for(
-                    aio_pika.connect(self.amqp_url), self.confirm_timeout
+                    amqp.connect(self.amqp_url), self.confirm_timeout
                 )
                 self._channel = await self._connection.channel(publisher_confirms=True)
                 topology = await declare_topology(self._channel, self.retry_delays)
