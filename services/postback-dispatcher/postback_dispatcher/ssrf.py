@@ -11,6 +11,7 @@ redirect hop is vetted again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -21,12 +22,74 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (host, port) -> list of (address, family); injectable for tests.
 Resolve = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _RESOLVE_CACHE_SECONDS = 30.0
+
+# Addresses a postback may never reach: the IANA IPv4 and IPv6 special-purpose
+# address registries, plus multicast and (IPv6) everything outside the global
+# unicast space. The guard uses this table, not ``ipaddress``'s ``is_private``/
+# ``is_global``, whose answers are incomplete and change between Python versions
+# (``192.0.0.8`` is "global" on 3.11). The few single addresses the registries
+# mark globally reachable inside a blocked range are exempt; otherwise the first
+# matching range gives the reason.
+_GLOBALLY_REACHABLE_EXCEPTIONS = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "192.0.0.9",  # Port Control Protocol anycast (RFC 7723)
+        "192.0.0.10",  # TURN anycast (RFC 8155)
+        "2001:1::1",  # Port Control Protocol anycast (RFC 7723)
+        "2001:1::2",  # TURN anycast (RFC 8155)
+        "2001:1::3",  # DNS-SD service registration protocol anycast (RFC 9665)
+    )
+)
+_SPECIAL_PURPOSE_RANGES: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), reason)
+    for net, reason in (
+        # IPv4
+        ("0.0.0.0/8", "'this network' address"),  # RFC 791; 0.0.0.0 reaches the local host
+        ("10.0.0.0/8", "private address"),  # RFC 1918
+        ("100.64.0.0/10", "carrier-grade NAT address"),  # RFC 6598, shared address space
+        ("127.0.0.0/8", "loopback address"),  # RFC 1122
+        ("169.254.0.0/16", "link-local address"),  # RFC 3927; 169.254.169.254 is cloud metadata
+        ("172.16.0.0/12", "private address"),  # RFC 1918
+        ("192.0.0.0/24", "IETF protocol assignment"),  # RFC 6890; DS-Lite, NAT64 discovery...
+        ("192.0.2.0/24", "documentation address"),  # RFC 5737, TEST-NET-1
+        ("192.31.196.0/24", "AS112 sink address"),  # RFC 7535, reverse-DNS sink
+        ("192.52.193.0/24", "AMT relay address"),  # RFC 7450, multicast tunnelling
+        ("192.88.99.0/24", "6to4 relay anycast address"),  # RFC 7526, deprecated
+        ("192.168.0.0/16", "private address"),  # RFC 1918
+        ("192.175.48.0/24", "AS112 sink address"),  # RFC 7534, direct delegation
+        ("198.18.0.0/15", "benchmarking address"),  # RFC 2544
+        ("198.51.100.0/24", "documentation address"),  # RFC 5737, TEST-NET-2
+        ("203.0.113.0/24", "documentation address"),  # RFC 5737, TEST-NET-3
+        ("224.0.0.0/4", "multicast address"),  # RFC 5771
+        ("255.255.255.255/32", "broadcast address"),  # RFC 919, limited broadcast
+        ("240.0.0.0/4", "reserved address"),  # RFC 1112, class E
+        # IPv6
+        ("::/128", "unspecified address"),  # RFC 4291
+        ("::1/128", "loopback address"),  # RFC 4291
+        ("::ffff:0:0/96", "IPv4-mapped IPv6 address"),  # RFC 4291; would reach the IPv4 host
+        ("64:ff9b::/96", "NAT64 address"),  # RFC 6052; translated to any IPv4 address
+        ("64:ff9b:1::/48", "local-use NAT64 address"),  # RFC 8215
+        ("100::/64", "discard-only address"),  # RFC 6666
+        ("2001::/32", "IPv6 tunnel address"),  # RFC 4380, Teredo (embeds an IPv4 address)
+        ("2001::/23", "IETF protocol assignment"),  # RFC 2928; benchmarking, ORCHID, AMT...
+        ("2001:db8::/32", "documentation address"),  # RFC 3849
+        ("2002::/16", "IPv6 tunnel address"),  # RFC 3056, 6to4 (embeds an IPv4 address)
+        ("2620:4f:8000::/48", "AS112 sink address"),  # RFC 7534, direct delegation
+        ("3fff::/20", "documentation address"),  # RFC 9637
+        ("5f00::/16", "segment-routing address"),  # RFC 9602, SRv6 SIDs
+        ("fc00::/7", "unique-local address"),  # RFC 4193, the IPv6 private range
+        ("fe80::/10", "link-local address"),  # RFC 4291
+        ("fec0::/10", "site-local address"),  # RFC 3879, deprecated
+        ("ff00::/8", "multicast address"),  # RFC 4291
+    )
+)
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")  # RFC 4291: the rest is unassigned
 
 
 class SSRFBlocked(OSError):
@@ -37,29 +100,16 @@ class InvalidTarget(ValueError):
     """The URL can't be requested at all (scheme, missing host)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def forbidden_reason(address: IPAddress) -> str | None:
-    """Why ``address`` may not be called, or None when it is a global unicast address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return "IPv4-mapped IPv6 address"
-        if address.sixtofour is not None or address.teredo is not None:
-            return "IPv6 tunnel address"
-    if address.is_unspecified:
-        return "unspecified address"
-    if address.is_loopback:
-        return "loopback address"
-    if address.is_link_local:
-        return "link-local address"  # includes 169.254.169.254 (cloud metadata)
-    if address.is_multicast:
-        return "multicast address"
-    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
-        return "carrier-grade NAT address"
-    if address.is_private:
-        return "private address"
-    if address.is_reserved:
-        return "reserved address"
-    if not address.is_global:
-        return "non-global address"
+    """Why ``address`` may not be called, or None when it is globally reachable."""
+    if address in _GLOBALLY_REACHABLE_EXCEPTIONS:
+        return None
+    for network, reason in _SPECIAL_PURPOSE_RANGES:
+        if address.version == network.version and address in network:
+            return reason
+    if address.version == 6 and address not in _IPV6_GLOBAL_UNICAST:
+        return "unassigned IPv6 address"
     return None
 
 
