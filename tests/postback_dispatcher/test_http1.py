@@ -184,12 +184,40 @@ async def a_huge_body_is_not_read_to_the_end() -> None:
     assert raw.connections == 2  # the first connection was dropped, not drained
 
 
+async def interim_answers_are_skipped() -> None:
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(hints + ok(b"same packet"))  # the interim and the final answer together
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(hints)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the final answer in a later packet
+        writer.write(ok(b"later packet", "Retry-After: 3\r\n"))
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = sender()
+    try:
+        together = await client.send(base + "/a", HEADERS)
+        assert together.status == 200 and together.response_excerpt == "same packet", together
+        apart = await client.send(base + "/b", HEADERS)
+        assert apart.status == 200 and apart.response_excerpt == "later packet", apart
+        assert apart.retry_after == 3.0
+    finally:
+        await client.close()
+        server.close()
+
+
 SCENARIOS = [
     keep_alive_and_exact_request,
     chunked_gzip_and_close_delimited_bodies,
     reconnects_after_close_and_after_an_idle_drop,
     errors_are_classified,
     a_huge_body_is_not_read_to_the_end,
+    interim_answers_are_skipped,
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,9 +89,10 @@ class _RedirectingSender:
     ``(error_class, message)`` in an ``_Error``.
     """
 
-    def __init__(self, *, guard: TargetGuard, max_redirects: int) -> None:
+    def __init__(self, *, guard: TargetGuard, max_redirects: int, timeout_seconds: float) -> None:
         self._guard = guard
         self._max_redirects = max_redirects
+        self._timeout_seconds = timeout_seconds
 
     async def _fetch(
         self, target: URL, headers: Mapping[str, str]
@@ -106,7 +108,8 @@ class _RedirectingSender:
         for hop in range(self._max_redirects + 1):
             try:
                 target = URL(current, encoded=True)
-                await self._guard.vet(target)
+                # A resolver that never answers must not outlast the request timeout.
+                await self._guard.vet(target, resolve_seconds=self._timeout_seconds)
             except SSRFBlocked as exc:
                 return _result(started, current, error_class="SSRFBlocked", error_message=str(exc))
             except DNSFailure as exc:
@@ -183,7 +186,11 @@ def _result(
 
 
 class Http1PostbackSender(_RedirectingSender):
-    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why)."""
+    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why).
+
+    ``ssl_context`` verifies https receivers (default: the system's trusted CAs);
+    tests inject one that trusts their own CA.
+    """
 
     def __init__(
         self,
@@ -191,12 +198,15 @@ class Http1PostbackSender(_RedirectingSender):
         timeout_seconds: float,
         guard: TargetGuard,
         max_redirects: int = MAX_REDIRECTS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects)
+        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
         self._timeout = timeout_seconds
         # The client may only connect where the guard has vetted.
         self._client = Http1Client(
-            resolve=guard.addresses if guard.enabled else None, excerpt_bytes=EXCERPT_BYTES
+            resolve=guard.addresses if guard.enabled else None,
+            excerpt_bytes=EXCERPT_BYTES,
+            ssl_context=ssl_context,
         )
 
     async def _fetch(
@@ -212,7 +222,7 @@ class Http1PostbackSender(_RedirectingSender):
                 return _Error("SSRFBlocked", str(cause))
             if isinstance(cause, DNSFailure | socket.gaierror):
                 return _Error("DNSError", str(cause))
-            return _Error("ConnectionError", str(cause))
+            return _Error(exc.error_class, str(cause))  # ConnectionError or TLSError
         except HTTPError as exc:
             return _Error(exc.error_class, str(exc))
         except OSError as exc:
@@ -239,7 +249,7 @@ class AiohttpPostbackSender(_RedirectingSender):
         max_connections: int = 0,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects)
+        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None

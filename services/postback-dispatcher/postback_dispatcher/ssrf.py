@@ -150,8 +150,11 @@ class TargetGuard:
         if reason is not None:
             raise SSRFBlocked(f"{host} resolves to a {reason}")
 
-    async def vet(self, url: URL) -> list[tuple[str, int]]:
-        """Raise InvalidTarget/SSRFBlocked, or return the addresses it is safe to connect to."""
+    async def vet(self, url: URL, *, resolve_seconds: float | None = None) -> list[tuple[str, int]]:
+        """Raise InvalidTarget/SSRFBlocked, or return the addresses it is safe to connect to.
+
+        A lookup that takes longer than ``resolve_seconds`` is a DNSFailure.
+        """
         if url.scheme not in ALLOWED_SCHEMES:
             raise InvalidTarget(f"scheme {url.scheme!r} is not allowed (http/https only)")
         host = url.raw_host
@@ -160,9 +163,11 @@ class TargetGuard:
         port = url.port or (443 if url.scheme == "https" else 80)
         if not self.enabled:
             return []
-        return await self.addresses(host, port)
+        return await self.addresses(host, port, resolve_seconds=resolve_seconds)
 
-    async def addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+    async def addresses(
+        self, host: str, port: int, *, resolve_seconds: float | None = None
+    ) -> list[tuple[str, int]]:
         literal = host.strip("[]")
         try:
             ip = ipaddress.ip_address(literal)
@@ -178,7 +183,10 @@ class TargetGuard:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            resolved = await self._resolve(host, port)
+            async with asyncio.timeout(resolve_seconds):
+                resolved = await self._resolve(host, port)
+        except TimeoutError as exc:
+            raise DNSFailure(f"no DNS answer for {host} in {resolve_seconds}s") from exc
         except (OSError, UnicodeError) as exc:
             raise DNSFailure(f"cannot resolve {host}: {exc}") from exc
         if not resolved:
