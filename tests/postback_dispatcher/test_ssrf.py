@@ -88,7 +88,9 @@ def test_globally_reachable_addresses_are_allowed(address: str) -> None:
     assert forbidden_reason(ipaddress.ip_address(address)) is None
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost"])
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost", "http://127.0.0.1:0/x"]
+)
 async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
     sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:

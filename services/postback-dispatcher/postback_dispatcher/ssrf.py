@@ -148,7 +148,8 @@ class TargetGuard:
             return
         reason = forbidden_reason(ip)
         if reason is not None:
-            raise SSRFBlocked(f"{host} resolves to a {reason}")
+            where = host if host.strip("[]") == address else f"{host} resolves to {address}"
+            raise SSRFBlocked(f"{where}: {reason}, not a public address")
 
     async def vet(self, url: URL, *, resolve_seconds: float | None = None) -> list[tuple[str, int]]:
         """Raise InvalidTarget/SSRFBlocked, or return the addresses it is safe to connect to.
@@ -161,6 +162,8 @@ class TargetGuard:
         if not host:
             raise InvalidTarget("URL has no host")
         port = url.port or (443 if url.scheme == "https" else 80)
+        if url.explicit_port == 0:
+            raise InvalidTarget("port 0 can't be requested")
         if not self.enabled:
             return []
         return await self.addresses(host, port, resolve_seconds=resolve_seconds)
