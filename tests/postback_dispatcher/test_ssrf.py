@@ -88,6 +88,24 @@ def test_globally_reachable_addresses_are_allowed(address: str) -> None:
     assert forbidden_reason(ipaddress.ip_address(address)) is None
 
 
+async def test_resolved_hosts_are_remembered_within_a_bound() -> None:
+    """A template that puts a new host name in every postback can't grow the cache for ever."""
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        lookups.append(host)
+        return [("93.184.216.34", socket.AF_INET)]
+
+    guard = TargetGuard(resolve=resolve, cache_hosts=8)
+    for n in range(100):
+        await guard.addresses(f"h{n}.example", 80)
+    await guard.addresses("h99.example", 80)  # recent: remembered
+    assert lookups.count("h99.example") == 1
+    await guard.addresses("h0.example", 80)  # long ago: forgotten, looked up again
+    assert lookups.count("h0.example") == 2
+    assert len(lookups) == 101
+
+
 @pytest.mark.parametrize(
     "url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost", "http://127.0.0.1:0/x"]
 )

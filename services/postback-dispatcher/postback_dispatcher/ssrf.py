@@ -28,6 +28,8 @@ Resolve = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 _RESOLVE_CACHE_SECONDS = 30.0
+# Hosts remembered at once: a URL template can put a new host name in every postback.
+_RESOLVE_CACHE_HOSTS = 4096
 
 # Addresses a postback may never reach: the IANA IPv4 and IPv6 special-purpose
 # address registries, plus multicast and (IPv6) everything outside the global
@@ -135,11 +137,13 @@ class TargetGuard:
         resolve: Resolve | None = None,
         allowed_targets: Collection[tuple[str, int]] = (),
         cache_seconds: float = _RESOLVE_CACHE_SECONDS,
+        cache_hosts: int = _RESOLVE_CACHE_HOSTS,
     ) -> None:
         self.enabled = enabled
         self._resolve = resolve or system_resolve
         self._allowed = frozenset((str(ipaddress.ip_address(a)), p) for a, p in allowed_targets)
         self._cache_seconds = cache_seconds
+        self._cache_hosts = cache_hosts
         self._cache: dict[tuple[str, int], tuple[float, list[tuple[str, int]]]] = {}
 
     def _check_address(self, host: str, address: str, port: int) -> None:
@@ -197,8 +201,17 @@ class TargetGuard:
         for address, _family in resolved:
             # Refuse the host if ANY address is forbidden: a mix is a rebinding trick.
             self._check_address(host, address, port)
+        if len(self._cache) >= self._cache_hosts:
+            self._shrink_cache(now)
         self._cache[key] = (now + self._cache_seconds, resolved)
         return resolved
+
+    def _shrink_cache(self, now: float) -> None:
+        """Forget expired hosts, and the older half if that is not enough (amortised O(1))."""
+        fresh = [(key, entry) for key, entry in self._cache.items() if entry[0] > now]
+        if len(fresh) >= self._cache_hosts // 2:
+            fresh = fresh[len(fresh) - self._cache_hosts // 2 :]
+        self._cache = dict(fresh)
 
 
 class DNSFailure(OSError):
