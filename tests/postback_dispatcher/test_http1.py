@@ -165,6 +165,14 @@ async def errors_are_classified() -> None:
         assert garbage.status is None and garbage.error_class == "ClientResponseError"
         injected = await client.send("http://127.0.0.1:9/x", {"X-Evil": "a\r\nHost: b"})
         assert injected.error_class == "InvalidURL"
+        for url, headers in [
+            ("http://127.0.0.1:9/x\x00y", HEADERS),
+            ("http://127.0.0.1:9/x?q=\x7f", HEADERS),
+            ("http://127.0.0.1:9/x", {"X-Evil": "a\x00b"}),
+            ("http://nul\x00host.example/x", HEADERS),
+        ]:
+            nul = await client.send(url, headers)
+            assert nul.error_class == "InvalidURL" and nul.status is None, (url, nul)
     finally:
         await client.close()
 

@@ -107,7 +107,16 @@ async def test_resolved_hosts_are_remembered_within_a_bound() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost", "http://127.0.0.1:0/x"]
+    "url",
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http:///nohost",
+        "http://127.0.0.1:0/x",
+        "http://partner\x00.example/pb",
+        "http://part ner.example/pb",
+        "http://partner%2eexample/pb",
+    ],
 )
 async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
     sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import ssl
 import time
 import zlib
@@ -51,6 +52,10 @@ MAX_HEADERS = 128
 MAX_HEAD_BYTES = (MAX_HEADERS + 1) * (MAX_LINE_BYTES + 2) + 2
 # Body read past the excerpt so the connection can serve the next request.
 MAX_DRAIN_BYTES = 64 << 10
+# What can't go on the wire: control characters and spaces in the request target
+# or host; control characters other than tab in a header (CR and LF are counted).
+_BAD_TARGET_CHARACTER = re.compile(r"[\x00-\x20\x7f]")
+_BAD_FIELD_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class HTTPError(Exception):
@@ -334,11 +339,13 @@ class Http1Client:
         lines = len(headers)
         if fields.count("\n") != lines or fields.count("\r") != lines or "\r" in auth[:-2]:
             raise HTTPError("InvalidURL", "line break in the request head")
-        if " " in path or "\r" in path or "\n" in path:
-            raise HTTPError("InvalidURL", "space or line break in the request target")
+        if _BAD_FIELD_CHARACTER.search(fields):
+            raise HTTPError("InvalidURL", "control character in a request header")
+        if _BAD_TARGET_CHARACTER.search(path):
+            raise HTTPError("InvalidURL", "space or control character in the request target")
         host = url.host_port_subcomponent or ""
-        if "\r" in host or "\n" in host:
-            raise HTTPError("InvalidURL", "line break in the host")
+        if _BAD_TARGET_CHARACTER.search(host):
+            raise HTTPError("InvalidURL", "space or control character in the host")
         head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n{auth}{fields}\r\n"
         return head.encode("latin-1")
 

@@ -227,6 +227,8 @@ class Http1PostbackSender(_RedirectingSender):
             return _Error(exc.error_class, str(exc))
         except OSError as exc:
             return _Error(type(exc).__name__, str(exc))
+        except ValueError as exc:  # what the socket layer refuses to look up or connect to
+            return _Error("InvalidURL", str(exc))
         return (
             reply.status,
             reply.text_excerpt(EXCERPT_BYTES),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -27,6 +28,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolve = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
+# No host name contains these: control characters, space, URL delimiters, escapes.
+_BAD_HOST_CHARACTER = re.compile(r"[\x00-\x20\x7f-\x9f\"#%/<>?@\[\\\]^`{|}]")
 _RESOLVE_CACHE_SECONDS = 30.0
 # Hosts remembered at once: a URL template can put a new host name in every postback.
 _RESOLVE_CACHE_HOSTS = 4096
@@ -165,6 +168,13 @@ class TargetGuard:
         host = url.raw_host
         if not host:
             raise InvalidTarget("URL has no host")
+        if ":" in host:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise InvalidTarget(f"invalid IPv6 address {host!r}") from None
+        elif _BAD_HOST_CHARACTER.search(host):
+            raise InvalidTarget(f"invalid character in the host {host!r}")
         port = url.port or (443 if url.scheme == "https" else 80)
         if url.explicit_port == 0:
             raise InvalidTarget("port 0 can't be requested")
