@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from postback_dispatcher.sender import Http1PostbackSender
+from postback_dispatcher.sender import (
+    MAX_RETRY_AFTER_SECONDS,
+    Http1PostbackSender,
+    parse_retry_after,
+)
 from postback_dispatcher.ssrf import TargetGuard
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -234,3 +238,28 @@ SCENARIOS = [
 def test_lean_client(scenario: Callable[[], Awaitable[None]], loop: str) -> None:
     run: Any = uvloop.run if loop == "uvloop" else asyncio.run
     run(asyncio.wait_for(scenario(), 20))
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        ("9" * 5000, MAX_RETRY_AFTER_SECONDS),
+        ("inf", None),
+        ("nan", None),
+        ("1e400", None),
+        ("-5", None),
+        ("1.5", None),
+        ("1_000", None),
+        ("\u0663", None),  # an Arabic-Indic digit
+        ("\x00", None),
+        ("Mon, 99 Foo 2026 99:99:99 GMT", None),
+    ],
+)
+def test_retry_after_is_delta_seconds_or_a_date_and_bounded(
+    header: str, seconds: float | None
+) -> None:
+    assert parse_retry_after(header) == seconds

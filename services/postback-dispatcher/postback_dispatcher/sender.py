@@ -33,6 +33,7 @@ from postback_dispatcher.ssrf import (
 MAX_REDIRECTS = 3
 EXCERPT_BYTES = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_SECONDS = 86400.0  # later than any retry tier
 
 # Headers for a given hop's URL (lets the caller re-sign after a redirect).
 HeadersForUrl = Callable[[str], Mapping[str, str]]
@@ -64,21 +65,21 @@ class PostbackSender(Protocol):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), at most a day.
+
+    Only ASCII digits count as seconds: ``inf``, ``nan``, ``1e9`` or other scripts'
+    digits are not delta-seconds (float() would take them).
+    """
     if not value:
         return None
     value = value.strip()
+    if value.isdigit() and value.isascii():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 class _RedirectingSender:
