@@ -143,6 +143,28 @@ async def status_line_bomb(h: Harness) -> None:
     assert peak < MEMORY_BOUND, peak
 
 
+def chunked_framing_bomb(where: str) -> Callable[[Harness], Awaitable[None]]:
+    """A chunked body whose trailer header, or a chunk extension, never ends."""
+
+    async def case(h: Harness) -> None:
+        async def behaviour(server: HostileServer, reader: Reader, writer: Writer) -> None:
+            await server.read_request(reader)
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+            bomb = b"0\r\nX-Trailer: " if where == "trailer" else b"2;ext="
+            await server.send(writer, head + bomb)
+            await server.send_forever(writer, b"a" * CHUNK)
+
+        flood = HostileServer(behaviour)
+        async with flood as url:
+            result, peak = await measured(h.sender().send(url + "/pb", HEADERS))
+        assert result.error_class == "ResponseTooLarge" and result.status is None, result
+        assert result.duration_ms < TIMEOUT * 1000, result
+        assert peak < MEMORY_BOUND, peak
+
+    case.__name__ = f"chunked_{where}_bomb"
+    return case
+
+
 def endless_body(chunked: bool) -> Callable[[Harness], Awaitable[None]]:
     async def case(h: Harness) -> None:
         async def behaviour(server: HostileServer, reader: Reader, writer: Writer) -> None:
@@ -387,6 +409,8 @@ CASES: list[Callable[[Harness], Awaitable[None]]] = [
     header_bomb,
     too_many_headers,
     status_line_bomb,
+    chunked_framing_bomb("trailer"),
+    chunked_framing_bomb("extension"),
     endless_body(chunked=False),
     endless_body(chunked=True),
     gzip_bomb,

@@ -48,7 +48,8 @@ KEEPALIVE_SECONDS = 15.0
 # aiohttp's defaults: the status line and each header line, and the header count.
 MAX_LINE_BYTES = 8190
 MAX_HEADERS = 128
-# The whole head can't be longer than that many maximal lines.
+# The whole head can't be longer than that many maximal lines; nor can what a
+# response sends besides its body (chunk framing, extensions, trailers).
 MAX_HEAD_BYTES = (MAX_HEADERS + 1) * (MAX_LINE_BYTES + 2) + 2
 # Body read past the excerpt so the connection can serve the next request.
 MAX_DRAIN_BYTES = 64 << 10
@@ -101,8 +102,8 @@ class _Connection(asyncio.Protocol):
         "body_bytes",
         "closed",
         "complete",
+        "framing_bytes",
         "got_bytes",
-        "head_bytes",
         "head_lines",
         "headers_done",
         "idle_since",
@@ -126,7 +127,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.body_bytes = 0
         self.sized = False
-        self.head_lines = self.line_bytes = self.head_bytes = 0
+        self.head_lines = self.line_bytes = self.framing_bytes = 0
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -140,7 +141,8 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        if not self.headers_done:
+        in_head = not self.headers_done
+        if in_head:
             problem = self._count_head(data)
             if problem is not None:
                 self._fail(HTTPError("ResponseTooLarge", problem))
@@ -154,11 +156,13 @@ class _Connection(asyncio.Protocol):
             # After the answer (a callback stopped the parser) this only closes.
             self._fail(HTTPError("ClientResponseError", f"invalid HTTP response: {exc}"))
             return
-        if not self.headers_done:
-            # A backstop for the line counting: every byte fed so far was head.
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self._fail(HTTPError("ResponseTooLarge", "response head too long"))
+        if in_head and self.headers_done:
+            return  # the usual case: this packet ended the head (counted above)
+        # Bytes that were not body: more head (a backstop for the line counting),
+        # or chunk framing, extensions and trailers, which httptools also keeps whole.
+        self.framing_bytes += len(data)
+        if self.framing_bytes - self.body_bytes > MAX_HEAD_BYTES:
+            self._fail(HTTPError("ResponseTooLarge", "response head or chunk framing too long"))
 
     def _count_head(self, data: bytes) -> str | None:
         """Why the head in ``data`` is refused (a line too long, too many), or None.
@@ -277,7 +281,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.got_bytes = self.headers_done = self.complete = self.keep_alive = False
         self.sized = False
-        self.body_bytes = self.head_lines = self.line_bytes = self.head_bytes = 0
+        self.body_bytes = self.head_lines = self.line_bytes = self.framing_bytes = 0
         self.transport.write(request)
         return self._waiter
 
