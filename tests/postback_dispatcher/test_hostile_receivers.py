@@ -405,6 +405,17 @@ async def tls_to_a_plain_http_server(h: Harness) -> None:
     assert_bounded(result)
 
 
+async def tls_handshake_never_completes(h: Harness) -> None:
+    async def behaviour(server: HostileServer, reader: Reader, writer: Writer) -> None:
+        await reader.read(1024)  # the TLS ClientHello, never answered
+        await asyncio.sleep(60)
+
+    async with HostileServer(behaviour) as url:
+        result = await h.sender().send(url.replace("http://", "https://") + "/pb", HEADERS)
+    assert result.error_class == "Timeout" and result.status is None, result
+    assert_bounded(result)
+
+
 CASES: list[Callable[[Harness], Awaitable[None]]] = [
     header_bomb,
     too_many_headers,
@@ -428,6 +439,7 @@ CASES: list[Callable[[Harness], Awaitable[None]]] = [
     tls_self_signed_is_refused,
     tls_with_a_trusted_test_ca,
     tls_to_a_plain_http_server,
+    tls_handshake_never_completes,
 ]
 
 
