@@ -252,7 +252,8 @@ def test_lean_client(scenario: Callable[[], Awaitable[None]], loop: str) -> None
         ("nan", None),
         ("1e400", None),
         ("-5", None),
-        ("1.5", None),
+        ("1.5", 1.5),
+        ("1.", None),
         ("1_000", None),
         ("\u0663", None),  # an Arabic-Indic digit
         ("\x00", None),

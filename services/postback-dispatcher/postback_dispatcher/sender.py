@@ -11,6 +11,7 @@ tests hold the lean one to.
 from __future__ import annotations
 
 import email.utils
+import re
 import socket
 import ssl
 import time
@@ -34,6 +35,7 @@ MAX_REDIRECTS = 3
 EXCERPT_BYTES = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_RETRY_AFTER_SECONDS = 86400.0  # later than any retry tier
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 # Headers for a given hop's URL (lets the caller re-sign after a redirect).
 HeadersForUrl = Callable[[str], Mapping[str, str]]
@@ -67,13 +69,13 @@ class PostbackSender(Protocol):
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), at most a day.
 
-    Only ASCII digits count as seconds: ``inf``, ``nan``, ``1e9`` or other scripts'
-    digits are not delta-seconds (float() would take them).
+    Seconds are ASCII digits (a fraction is tolerated): ``inf``, ``nan``, ``1e9`` or
+    other scripts' digits are not (float() alone would take them).
     """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit() and value.isascii():
+    if _DELTA_SECONDS.fullmatch(value):
         return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
