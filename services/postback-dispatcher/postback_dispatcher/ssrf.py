@@ -118,6 +118,20 @@ def forbidden_reason(address: IPAddress) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (a URL's raw host) can't be a host name or an IPv6 literal, or None."""
+    if ":" in host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"invalid IPv6 address {host!r}"
+        return None
+    if _BAD_HOST_CHARACTER.search(host):
+        return f"invalid character in the host {host!r}"
+    return None
+
+
 async def system_resolve(host: str, port: int) -> list[tuple[str, int]]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -168,13 +182,9 @@ class TargetGuard:
         host = url.raw_host
         if not host:
             raise InvalidTarget("URL has no host")
-        if ":" in host:
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise InvalidTarget(f"invalid IPv6 address {host!r}") from None
-        elif _BAD_HOST_CHARACTER.search(host):
-            raise InvalidTarget(f"invalid character in the host {host!r}")
+        problem = _host_problem(host)
+        if problem is not None:
+            raise InvalidTarget(problem)
         port = url.port or (443 if url.scheme == "https" else 80)
         if url.explicit_port == 0:
             raise InvalidTarget("port 0 can't be requested")
