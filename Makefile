@@ -14,9 +14,9 @@ endif
 
 .PHONY: run test lint typecheck bench bench-quick install system-packages clean
 
-# Debian packages the tests and benchmarks drive: Chromium (browser tests) and wrk
-# (click benchmark). Installed on first use; needs root or sudo.
-SYSTEM_PACKAGES := chromium wrk
+# Debian packages the tests and benchmarks drive: Chromium (browser tests), wrk
+# (click benchmark) and openssl (test certificates). Installed on first use; needs root or sudo.
+SYSTEM_PACKAGES := chromium wrk openssl
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)

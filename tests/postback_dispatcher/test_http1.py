@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from postback_dispatcher.sender import Http1PostbackSender
+from postback_dispatcher.sender import (
+    MAX_RETRY_AFTER_SECONDS,
+    Http1PostbackSender,
+    parse_retry_after,
+)
 from postback_dispatcher.ssrf import TargetGuard
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -165,6 +169,14 @@ async def errors_are_classified() -> None:
         assert garbage.status is None and garbage.error_class == "ClientResponseError"
         injected = await client.send("http://127.0.0.1:9/x", {"X-Evil": "a\r\nHost: b"})
         assert injected.error_class == "InvalidURL"
+        for url, headers in [
+            ("http://127.0.0.1:9/x\x00y", HEADERS),
+            ("http://127.0.0.1:9/x?q=\x7f", HEADERS),
+            ("http://127.0.0.1:9/x", {"X-Evil": "a\x00b"}),
+            ("http://nul\x00host.example/x", HEADERS),
+        ]:
+            nul = await client.send(url, headers)
+            assert nul.error_class == "InvalidURL" and nul.status is None, (url, nul)
     finally:
         await client.close()
 
@@ -184,12 +196,40 @@ async def a_huge_body_is_not_read_to_the_end() -> None:
     assert raw.connections == 2  # the first connection was dropped, not drained
 
 
+async def interim_answers_are_skipped() -> None:
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(hints + ok(b"same packet"))  # the interim and the final answer together
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(hints)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the final answer in a later packet
+        writer.write(ok(b"later packet", "Retry-After: 3\r\n"))
+        await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = sender()
+    try:
+        together = await client.send(base + "/a", HEADERS)
+        assert together.status == 200 and together.response_excerpt == "same packet", together
+        apart = await client.send(base + "/b", HEADERS)
+        assert apart.status == 200 and apart.response_excerpt == "later packet", apart
+        assert apart.retry_after == 3.0
+    finally:
+        await client.close()
+        server.close()
+
+
 SCENARIOS = [
     keep_alive_and_exact_request,
     chunked_gzip_and_close_delimited_bodies,
     reconnects_after_close_and_after_an_idle_drop,
     errors_are_classified,
     a_huge_body_is_not_read_to_the_end,
+    interim_answers_are_skipped,
 ]
 
 
@@ -198,3 +238,29 @@ SCENARIOS = [
 def test_lean_client(scenario: Callable[[], Awaitable[None]], loop: str) -> None:
     run: Any = uvloop.run if loop == "uvloop" else asyncio.run
     run(asyncio.wait_for(scenario(), 20))
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_SECONDS),
+        ("9" * 5000, MAX_RETRY_AFTER_SECONDS),
+        ("inf", None),
+        ("nan", None),
+        ("1e400", None),
+        ("-5", None),
+        ("1.5", 1.5),
+        ("1.", None),
+        ("1_000", None),
+        ("\u0663", None),  # an Arabic-Indic digit
+        ("\x00", None),
+        ("Mon, 99 Foo 2026 99:99:99 GMT", None),
+    ],
+)
+def test_retry_after_is_delta_seconds_or_a_date_and_bounded(
+    header: str, seconds: float | None
+) -> None:
+    assert parse_retry_after(header) == seconds

@@ -5,6 +5,7 @@ Every test runs with the dispatcher's lean client and with the aiohttp reference
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from postback_dispatcher.sender import AiohttpPostbackSender, Http1PostbackSender
-from postback_dispatcher.ssrf import TargetGuard, system_resolve
+from postback_dispatcher.ssrf import TargetGuard, forbidden_reason, system_resolve
 from tests.support.servers import Receiver
 
 HEADERS = {"X-Postback-Id": "t"}
@@ -38,6 +39,8 @@ def sender_class(request: pytest.FixtureRequest) -> Any:
         "http://0.0.0.0/",
         "http://224.0.0.1/",
         "http://localhost/",
+        "http://192.0.0.8/",
+        "http://[64:ff9b::a00:1]/",
     ],
 )
 async def test_non_global_targets_are_refused(url: str, sender_class: Any) -> None:
@@ -50,7 +53,71 @@ async def test_non_global_targets_are_refused(url: str, sender_class: Any) -> No
     assert result.status is None
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost"])
+# One or two addresses inside every special-purpose range (edges included) ...
+BLOCKED_ADDRESSES = [
+    "0.0.0.0", "0.255.255.255", "10.0.0.1", "10.255.255.255", "100.64.0.0", "100.127.255.255",
+    "127.0.0.1", "127.255.255.254", "169.254.169.254", "172.16.0.1", "172.31.255.255",
+    "192.0.0.0", "192.0.0.8", "192.0.0.11", "192.0.0.170", "192.0.0.255", "192.0.2.1",
+    "192.31.196.1", "192.52.193.1", "192.88.99.1", "192.168.0.1", "192.175.48.1", "198.18.0.1",
+    "198.19.255.255", "198.51.100.7", "203.0.113.9", "224.0.0.1", "239.255.255.250",
+    "240.0.0.1", "255.255.255.254", "255.255.255.255",
+    "::", "::1", "::ffff:127.0.0.1", "::ffff:8.8.8.8", "::127.0.0.1", "64:ff9b::a00:1",
+    "64:ff9b:1::1", "100::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:2::1",
+    "2001:10::1", "2001:1ff:ffff::1", "2001:db8::1", "2002:a00:1::1", "2620:4f:8000::1",
+    "3fff::1", "5f00::1", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1",
+    "ff02::1", "4000::1", "1000::1",
+]  # fmt: skip
+# ... and globally reachable neighbours and anycast services that must stay allowed.
+ALLOWED_ADDRESSES = [
+    "1.1.1.1", "8.8.8.8", "9.255.255.255", "11.0.0.0", "93.184.216.34", "100.63.255.255",
+    "100.128.0.0", "172.15.255.255", "172.32.0.0", "192.0.0.9", "192.0.0.10", "192.0.1.0",
+    "192.0.3.0", "192.167.255.255", "192.169.0.0", "198.17.255.255", "198.20.0.0",
+    "223.255.255.255",
+    "2606:4700:4700::1111", "2001:4860:4860::8888", "2001:1::1", "2001:1::2", "2001:200::1",
+    "2003::1", "2620:4f:8001::1", "2a00:1450:4001::200e", "2400:cb00::1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", BLOCKED_ADDRESSES)
+def test_special_purpose_addresses_are_blocked(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize("address", ALLOWED_ADDRESSES)
+def test_globally_reachable_addresses_are_allowed(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) is None
+
+
+async def test_resolved_hosts_are_remembered_within_a_bound() -> None:
+    """A template that puts a new host name in every postback can't grow the cache for ever."""
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        lookups.append(host)
+        return [("93.184.216.34", socket.AF_INET)]
+
+    guard = TargetGuard(resolve=resolve, cache_hosts=8)
+    for n in range(100):
+        await guard.addresses(f"h{n}.example", 80)
+    await guard.addresses("h99.example", 80)  # recent: remembered
+    assert lookups.count("h99.example") == 1
+    await guard.addresses("h0.example", 80)  # long ago: forgotten, looked up again
+    assert lookups.count("h0.example") == 2
+    assert len(lookups) == 101
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http:///nohost",
+        "http://127.0.0.1:0/x",
+        "http://partner\x00.example/pb",
+        "http://part ner.example/pb",
+        "http://partner%2eexample/pb",
+    ],
+)
 async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
     sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:

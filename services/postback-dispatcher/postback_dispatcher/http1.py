@@ -10,10 +10,17 @@ this client instead. It does exactly what the sender needs and nothing more:
   (scheme, host, port) and reused last-in first-out; idle ones are closed after
   ``KEEPALIVE_SECONDS`` or when the server says ``Connection: close``;
 - new connections go only to the addresses the SSRF guard vetted (``connect``
-  is given by the sender), TLS with the default verifying context for https;
+  is given by the sender), TLS with the default verifying context for https
+  (or the one given);
 - the response is parsed by httptools; the body is read to its end (so the
   connection can be reused) but only the first ``excerpt_bytes`` are kept, and
-  a body larger than ``MAX_BODY_BYTES`` closes the connection instead;
+  a body longer than that by ``MAX_DRAIN_BYTES`` is answered there and the
+  connection closed instead;
+- the head is counted before the parser sees it (httptools keeps a header
+  whole until it ends): a status or header line over ``MAX_LINE_BYTES`` or more
+  than ``MAX_HEADERS`` headers is refused as ``ResponseTooLarge``;
+- interim 1xx answers are skipped; bytes after the final answer mean the
+  connection is out of step, so it is closed (the answer stands);
 - one deadline per request covers connecting, sending and the whole answer;
 - a request on a reused connection that the server had already closed (no
   answer byte received) is sent once more on a fresh connection.
@@ -37,7 +44,16 @@ import httptools
 from yarl import URL
 
 KEEPALIVE_SECONDS = 15.0
-MAX_BODY_BYTES = 1 << 20
+# aiohttp's defaults: the status line and each header line, and the header count.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 128
+# The whole head can't be longer than that many maximal lines; nor can what a
+# response sends besides its body (chunk framing, extensions, trailers).
+MAX_HEAD_BYTES = (MAX_HEADERS + 1) * (MAX_LINE_BYTES + 2) + 2
+# Body read past the excerpt so the connection can serve the next request.
+MAX_DRAIN_BYTES = 64 << 10
+# Never on the wire in a request head (CR and LF only as line ends, counted).
+_CONTROL_BYTES = bytes([*range(0x0A), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 class HTTPError(Exception):
@@ -46,6 +62,10 @@ class HTTPError(Exception):
     def __init__(self, error_class: str, message: str) -> None:
         super().__init__(message)
         self.error_class = error_class
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback: nothing more of this connection is read."""
 
 
 class Reply:
@@ -79,10 +99,13 @@ class _Connection(asyncio.Protocol):
         "body_bytes",
         "closed",
         "complete",
+        "framing_bytes",
         "got_bytes",
+        "head_lines",
         "headers_done",
         "idle_since",
         "keep_alive",
+        "line_bytes",
         "sized",
         "transport",
     )
@@ -101,6 +124,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.body_bytes = 0
         self.sized = False
+        self.head_lines = self.line_bytes = self.framing_bytes = 0
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -114,12 +138,66 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        in_head = not self.headers_done
+        if in_head:
+            problem = self._count_head(data)
+            if problem is not None:
+                self._fail(HTTPError("ResponseTooLarge", problem))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(HTTPError("ClientResponseError", "unexpected protocol upgrade"))
+            return
         except httptools.HttpParserError as exc:
+            # After the answer (a callback stopped the parser) this only closes.
             self._fail(HTTPError("ClientResponseError", f"invalid HTTP response: {exc}"))
+            return
+        if in_head and self.headers_done:
+            return  # the usual case: this packet ended the head (counted above)
+        # Bytes that were not body: more head (a backstop for the line counting),
+        # or chunk framing, extensions and trailers, which httptools also keeps whole.
+        self.framing_bytes += len(data)
+        if self.framing_bytes - self.body_bytes > MAX_HEAD_BYTES:
+            self._fail(HTTPError("ResponseTooLarge", "response head or chunk framing too long"))
+
+    def _count_head(self, data: bytes) -> str | None:
+        """Why the head in ``data`` is refused (a line too long, too many), or None.
+
+        Usually the whole head is in the first packet and shorter than one line's
+        limit: two scans in C. Otherwise line by line, across packets.
+        """
+        if self.head_lines == 0 and self.line_bytes == 0:
+            end = data.find(b"\r\n\r\n", 0, MAX_LINE_BYTES + 4)
+            if end >= 0:
+                headers = data.count(b"\n", 0, end)
+                if headers > MAX_HEADERS:
+                    return f"more than {MAX_HEADERS} response headers"
+                self.head_lines = headers + 1
+                return None
+        start, size = 0, len(data)
+        while start < size:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                self.line_bytes += size - start
+                break
+            length = self.line_bytes + newline - start  # with its \r, if any
+            self.line_bytes = 0
+            start = newline + 1
+            if length <= 1 and self.head_lines:
+                return None  # the empty line: the head ends here
+            if length > MAX_LINE_BYTES + 1:
+                return self._line_too_long()
+            self.head_lines += 1
+            if self.head_lines > MAX_HEADERS + 1:
+                return f"more than {MAX_HEADERS} response headers"
+        if self.line_bytes > MAX_LINE_BYTES + 1:
+            return self._line_too_long()
+        return None
+
+    def _line_too_long(self) -> str:
+        line = "status line" if self.head_lines == 0 else "response header line"
+        return f"{line} longer than {MAX_LINE_BYTES} bytes"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -135,6 +213,12 @@ class _Connection(asyncio.Protocol):
                 waiter.set_exception(HTTPError("ServerDisconnectedError", reason))
 
     # -- httptools callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # Bytes after the final answer: stop before they touch it.
+            self.keep_alive = False
+            raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 8 and name.lower() == b"location":
@@ -157,15 +241,22 @@ class _Connection(asyncio.Protocol):
         room = self._excerpt_bytes - len(self._reply.excerpt)
         if room > 0:
             self._reply.excerpt += body[:room]
-        if self.body_bytes > MAX_BODY_BYTES:
+        if self.body_bytes > self._excerpt_bytes + MAX_DRAIN_BYTES:
             # Enough of it: answer now and drop the connection instead of reading on.
+            self.complete = True
             self.keep_alive = False
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(self._reply)
             self.close()
+            raise _StopParsing
 
     def on_message_complete(self) -> None:
+        if self._reply.status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            self._reply = Reply()
+            self.headers_done = self.sized = False
+            return
         self.complete = True
         self.keep_alive = bool(self._parser.should_keep_alive())
         waiter = self._waiter
@@ -187,7 +278,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.got_bytes = self.headers_done = self.complete = self.keep_alive = False
         self.sized = False
-        self.body_bytes = 0
+        self.body_bytes = self.head_lines = self.line_bytes = self.framing_bytes = 0
         self.transport.write(request)
         return self._waiter
 
@@ -209,7 +300,10 @@ class _Connection(asyncio.Protocol):
 
 
 class Http1Client:
-    """Pooled GETs; ``resolve(host, port)`` says which addresses a new connection may use."""
+    """Pooled GETs; ``resolve(host, port)`` says which addresses a new connection may use.
+
+    ``ssl_context`` verifies https receivers (default: the system's trusted CAs).
+    """
 
     def __init__(
         self,
@@ -217,13 +311,14 @@ class Http1Client:
         resolve: Callable[[str, int], Awaitable[list[tuple[str, int]]]] | None,
         excerpt_bytes: int,
         keepalive_seconds: float = KEEPALIVE_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._resolve = resolve
         self._excerpt_bytes = excerpt_bytes
         self._keepalive = keepalive_seconds
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._last_sweep = time.monotonic()
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -242,16 +337,20 @@ class Http1Client:
             credentials = f"{unquote(url.raw_user)}:{unquote(url.raw_password or '')}"
             auth = f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
         fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-        lines = len(headers)
-        if fields.count("\n") != lines or fields.count("\r") != lines or "\r" in auth[:-2]:
-            raise HTTPError("InvalidURL", "line break in the request head")
-        if " " in path or "\r" in path or "\n" in path:
-            raise HTTPError("InvalidURL", "space or line break in the request target")
         host = url.host_port_subcomponent or ""
-        if "\r" in host or "\n" in host:
-            raise HTTPError("InvalidURL", "line break in the host")
+        if " " in path or " " in host:
+            raise HTTPError("InvalidURL", "space in the request target or host")
         head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n{auth}{fields}\r\n"
-        return head.encode("latin-1")
+        wire = head.encode("latin-1")
+        # The only CR and LF are the line ends, and no other control character.
+        lines = len(headers) + (5 if auth else 4)
+        if (
+            wire.count(b"\n") != lines
+            or wire.count(b"\r") != lines
+            or len(wire.translate(None, _CONTROL_BYTES)) != len(wire)
+        ):
+            raise HTTPError("InvalidURL", "line break or control character in the request head")
+        return wire
 
     async def get(self, url: URL, headers: Mapping[str, str], seconds: float) -> Reply:
         """GET ``url``; raises HTTPError (or TimeoutError) when there is no answer."""
@@ -323,6 +422,8 @@ class Http1Client:
                 raise last or OSError(f"cannot connect to {host}:{port}")
         except TimeoutError:
             raise
+        except ssl.SSLError as exc:
+            raise _ConnectError(exc, "TLSError") from exc
         except OSError as exc:
             raise _ConnectError(exc) from exc
 
@@ -371,10 +472,10 @@ class Http1Client:
 
 
 class _ConnectError(HTTPError):
-    """Could not open a connection; ``os_error`` is why (SSRF refusal, DNS, refused...)."""
+    """Could not open a connection; ``os_error`` is why (SSRF refusal, DNS, refused, TLS...)."""
 
-    def __init__(self, os_error: OSError) -> None:
-        super().__init__("ConnectionError", str(os_error))
+    def __init__(self, os_error: OSError, error_class: str = "ConnectionError") -> None:
+        super().__init__(error_class, str(os_error))
         self.os_error = os_error
 
 

@@ -11,7 +11,9 @@ tests hold the lean one to.
 from __future__ import annotations
 
 import email.utils
+import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from postback_dispatcher.ssrf import (
 MAX_REDIRECTS = 3
 EXCERPT_BYTES = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_SECONDS = 86400.0  # later than any retry tier
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 # Headers for a given hop's URL (lets the caller re-sign after a redirect).
 HeadersForUrl = Callable[[str], Mapping[str, str]]
@@ -63,21 +67,21 @@ class PostbackSender(Protocol):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), at most a day.
+
+    Seconds are ASCII digits (a fraction is tolerated): ``inf``, ``nan``, ``1e9`` or
+    other scripts' digits are not (float() alone would take them).
+    """
     if not value:
         return None
     value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 class _RedirectingSender:
@@ -88,9 +92,10 @@ class _RedirectingSender:
     ``(error_class, message)`` in an ``_Error``.
     """
 
-    def __init__(self, *, guard: TargetGuard, max_redirects: int) -> None:
+    def __init__(self, *, guard: TargetGuard, max_redirects: int, timeout_seconds: float) -> None:
         self._guard = guard
         self._max_redirects = max_redirects
+        self._timeout_seconds = timeout_seconds
 
     async def _fetch(
         self, target: URL, headers: Mapping[str, str]
@@ -106,7 +111,8 @@ class _RedirectingSender:
         for hop in range(self._max_redirects + 1):
             try:
                 target = URL(current, encoded=True)
-                await self._guard.vet(target)
+                # A resolver that never answers must not outlast the request timeout.
+                await self._guard.vet(target, resolve_seconds=self._timeout_seconds)
             except SSRFBlocked as exc:
                 return _result(started, current, error_class="SSRFBlocked", error_message=str(exc))
             except DNSFailure as exc:
@@ -183,7 +189,11 @@ def _result(
 
 
 class Http1PostbackSender(_RedirectingSender):
-    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why)."""
+    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why).
+
+    ``ssl_context`` verifies https receivers (default: the system's trusted CAs);
+    tests inject one that trusts their own CA.
+    """
 
     def __init__(
         self,
@@ -191,12 +201,15 @@ class Http1PostbackSender(_RedirectingSender):
         timeout_seconds: float,
         guard: TargetGuard,
         max_redirects: int = MAX_REDIRECTS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects)
+        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
         self._timeout = timeout_seconds
         # The client may only connect where the guard has vetted.
         self._client = Http1Client(
-            resolve=guard.addresses if guard.enabled else None, excerpt_bytes=EXCERPT_BYTES
+            resolve=guard.addresses if guard.enabled else None,
+            excerpt_bytes=EXCERPT_BYTES,
+            ssl_context=ssl_context,
         )
 
     async def _fetch(
@@ -212,11 +225,13 @@ class Http1PostbackSender(_RedirectingSender):
                 return _Error("SSRFBlocked", str(cause))
             if isinstance(cause, DNSFailure | socket.gaierror):
                 return _Error("DNSError", str(cause))
-            return _Error("ConnectionError", str(cause))
+            return _Error(exc.error_class, str(cause))  # ConnectionError or TLSError
         except HTTPError as exc:
             return _Error(exc.error_class, str(exc))
         except OSError as exc:
             return _Error(type(exc).__name__, str(exc))
+        except ValueError as exc:  # what the socket layer refuses to look up or connect to
+            return _Error("InvalidURL", str(exc))
         return (
             reply.status,
             reply.text_excerpt(EXCERPT_BYTES),
@@ -239,7 +254,7 @@ class AiohttpPostbackSender(_RedirectingSender):
         max_connections: int = 0,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects)
+        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
