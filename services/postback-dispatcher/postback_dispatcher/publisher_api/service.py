@@ -67,7 +67,7 @@ def example_values(publisher_id: int, security_token: str | None) -> dict[str, s
 
 def masked_example_url(publisher_id: int, template: str, security_token: str | None) -> str:
     url = render_postback_url(template, example_values(publisher_id, security_token))
-    return mask_in_text(url, security_token)
+    return mask_in_text(url, security_token, url=url)
 
 
 def settings_view(publisher_id: int, row: PostbackSettings | None) -> schemas.MyPostbackSettings:
@@ -178,9 +178,11 @@ async def send_test(
         return postback_headers(test_id, hop_url, token) | {TEST_HEADER: "1"}
 
     result = await sender.send(url, headers_for(url), headers_for=headers_for)
-    excerpt = result.response_excerpt[:EXCERPT_CHARS] if result.response_excerpt else None
-    masked_url = mask_in_text(url, token)
-    error_message = mask_in_text(result.error_message, token) if result.error_message else None
+    # Masked before it is cut, so a secret is never left half-shown at the cut.
+    excerpt = _masked(result.response_excerpt, token, url)
+    excerpt = excerpt[:EXCERPT_CHARS] if excerpt else None
+    masked_url = mask_in_text(url, token, url=url)
+    error_message = _masked(result.error_message, token, url)
     attempt = await repo.record_attempt(
         DeliveryAttempt(
             conversion_id=None,
@@ -210,7 +212,12 @@ async def send_test(
     )
 
 
-def to_attempt(row: DeliveryAttempt) -> schemas.PostbackAttempt:
+def _masked(text: str | None, token: str | None, url: str | None = None) -> str | None:
+    return mask_in_text(text, token, url=url) if text else text
+
+
+def to_attempt(row: DeliveryAttempt, token: str | None = None) -> schemas.PostbackAttempt:
+    """One attempt as shown; the current token is masked again in rows logged before masking."""
     return schemas.PostbackAttempt(
         id=row.id,
         conversion_id=row.conversion_id,
@@ -218,12 +225,12 @@ def to_attempt(row: DeliveryAttempt) -> schemas.PostbackAttempt:
         outcome=row.outcome,
         sequence=row.sequence,
         attempt_no=row.attempt_no,
-        url=row.url_masked,
+        url=_masked(row.url_masked, token),
         http_status=row.http_status,
         latency_ms=float(row.duration_ms) if row.duration_ms is not None else None,
         error_class=row.error_class,
-        error_message=row.error_message,
-        response_excerpt=row.response_excerpt,
+        error_message=_masked(row.error_message, token),
+        response_excerpt=_masked(row.response_excerpt, token),
         created_at=row.created_at,
     )
 
@@ -232,7 +239,10 @@ async def recent_postbacks(
     session: AsyncSession, publisher_id: int, query: schemas.PostbackAttemptQuery
 ) -> schemas.PostbackAttemptPage:
     before_id = decode_id_cursor(query.cursor) if query.cursor else None
-    rows = await PublisherRepository(session).recent_attempts(
+    repo = PublisherRepository(session)
+    saved = await repo.settings(publisher_id)
+    token = saved.security_token if saved else None
+    rows = await repo.recent_attempts(
         publisher_id,
         limit=query.limit,
         before_id=before_id,
@@ -242,4 +252,6 @@ async def recent_postbacks(
     )
     page = rows[: query.limit]
     next_cursor = encode_cursor(page[-1].id) if len(rows) > query.limit else None
-    return schemas.PostbackAttemptPage(items=[to_attempt(r) for r in page], next_cursor=next_cursor)
+    return schemas.PostbackAttemptPage(
+        items=[to_attempt(r, token) for r in page], next_cursor=next_cursor
+    )
