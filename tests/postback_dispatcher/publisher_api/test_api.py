@@ -356,3 +356,18 @@ async def test_a_publisher_never_sees_or_changes_another_publishers_data(
         headers=key(bob),
     )
     assert preview.json()["url"] == f"https://t.example/?p={bob.id}&c=12345"
+
+
+async def test_attempt_filters_accept_only_known_outcomes_and_triggers(
+    api: httpx.AsyncClient, db: Db
+) -> None:
+    publisher = await create_publisher(db)
+    for params in ({"outcome": "ok"}, {"trigger": "manual"}, {"outcome": "Delivered"}):
+        response = await api.get("/api/v1/me/postbacks", params=params, headers=key(publisher))
+        assert response.status_code == 422, (params, response.text)
+    good = await api.get(
+        "/api/v1/me/postbacks",
+        params={"outcome": "delivered", "trigger": "test"},
+        headers=key(publisher),
+    )
+    assert good.status_code == 200

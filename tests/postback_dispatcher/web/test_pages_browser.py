@@ -107,7 +107,9 @@ async def test_operator_reviews_and_replays_a_dead_letter_which_is_delivered(
     row = await insert_dead_letter(
         db, publisher_id=publisher.id, payout="1.75", attempts=3, external_id="ext-replay-1"
     )
-    await insert_dead_letter(db, publisher_id=publisher.id, payout="0.40", reason="permanent")
+    await insert_dead_letter(
+        db, publisher_id=publisher.id, payout="0.40", reason="permanent_http_4xx"
+    )
 
     await page.goto(f"{portal_url}/operator/dead-letters")
     await expect(page).to_have_url(f"{portal_url}/operator/login")

@@ -17,17 +17,18 @@ from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postback_core.db.models import DeadLetter, DeliveryAttempt, PostbackSettings
+from postback_core.enums import DeadLetterReason, DeadLetterState
 
-OPEN = "dead"
-REPLAYED = "replayed"
-PURGED = "purged"
+OPEN = DeadLetterState.DEAD
+REPLAYED = DeadLetterState.REPLAYED
+PURGED = DeadLetterState.PURGED
 
 
 @dataclass(frozen=True)
 class DeadLetterFilters:
     publisher_id: int | None = None
     offer_id: int | None = None
-    reason: str | None = None
+    reason: DeadLetterReason | None = None
     last_status: int | None = None
     since: datetime | None = None
     until: datetime | None = None

@@ -18,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from postback_core.db.base import unit_of_work
 from postback_core.db.models import DeadLetter, DeliveryAttempt
+from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeadLetterState
 from postback_core.security import mask_in_text
 from postback_dispatcher.dead_letters import schemas
 from postback_dispatcher.dead_letters.publisher import PublishError, ReplayPublisher, replay_headers
 from postback_dispatcher.dead_letters.repository import (
     OPEN,
+    PURGED,
     ClaimedDeadLetter,
     DeadLetterFilters,
     DeadLetterRepository,
@@ -76,7 +78,7 @@ def to_item(row: DeadLetter, token: str | None = None) -> schemas.DeadLetterItem
         first_attempt_at=row.first_attempt_at,
         last_attempt_at=row.last_attempt_at,
         dead_at=row.dead_at,
-        reason=row.reason,
+        reason=DeadLetterReason(row.reason),
     )
 
 
@@ -85,8 +87,8 @@ def to_attempt(row: DeliveryAttempt, token: str | None = None) -> schemas.Attemp
         id=row.id,
         sequence=row.sequence,
         attempt_no=row.attempt_no,
-        trigger=row.trigger,
-        outcome=row.outcome,
+        trigger=AttemptTrigger(row.trigger),
+        outcome=AttemptOutcome(row.outcome),
         url=_masked(row.url_masked, token),
         http_status=row.http_status,
         duration_ms=float(row.duration_ms) if row.duration_ms is not None else None,
@@ -110,7 +112,7 @@ async def list_page(
 async def get_detail(session: AsyncSession, dead_letter_id: int) -> schemas.DeadLetterDetail:
     repo = DeadLetterRepository(session)
     row = await repo.get(dead_letter_id)
-    if row is None or row.state == "purged":
+    if row is None or row.state == PURGED:
         raise DeadLetterNotFound(dead_letter_id)
     attempts = (
         await repo.attempts_for_conversion(row.conversion_id)
@@ -122,7 +124,7 @@ async def get_detail(session: AsyncSession, dead_letter_id: int) -> schemas.Dead
         **to_item(row, token).model_dump(),
         event_id=str(row.event_id) if row.event_id else None,
         sequence=row.sequence,
-        state=row.state,
+        state=DeadLetterState(row.state),
         replayed_at=row.replayed_at,
         history=_masked_json(row.history, token),
         attempt_history=[to_attempt(a, token) for a in attempts],
@@ -144,7 +146,7 @@ async def replay_one(
     async with unit_of_work(sessionmaker) as session:
         repo = DeadLetterRepository(session)
         row = await repo.get(dead_letter_id)
-        if row is None or row.state == "purged":
+        if row is None or row.state == PURGED:
             raise DeadLetterNotFound(dead_letter_id)
         if row.payload is None:
             raise DeadLetterConflict("this dead letter has no stored event to replay")
@@ -159,7 +161,9 @@ async def replay_one(
         async with unit_of_work(sessionmaker) as session:
             await DeadLetterRepository(session).reopen([claimed.id])
         raise BrokerUnavailable(str(exc)) from exc
-    return schemas.ReplayAccepted(id=claimed.id, state="replayed", sequence=claimed.sequence + 1)
+    return schemas.ReplayAccepted(
+        id=claimed.id, state=DeadLetterState.REPLAYED, sequence=claimed.sequence + 1
+    )
 
 
 async def dry_run_totals(
@@ -225,7 +229,7 @@ async def replay_matching(
 async def purge_one(session: AsyncSession, dead_letter_id: int) -> None:
     repo = DeadLetterRepository(session)
     row = await repo.get(dead_letter_id)
-    if row is None or row.state == "purged":
+    if row is None or row.state == PURGED:
         raise DeadLetterNotFound(dead_letter_id)
     if row.state != OPEN or not await repo.purge(dead_letter_id):
         raise DeadLetterConflict("only an open dead letter can be purged (this one was replayed)")

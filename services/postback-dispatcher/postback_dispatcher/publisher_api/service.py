@@ -14,6 +14,7 @@ from collections import deque
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postback_core.db.models import DeliveryAttempt, PostbackSettings
+from postback_core.enums import AttemptOutcome, AttemptTrigger
 from postback_core.macros import EXAMPLE_VALUES, TemplateError
 from postback_core.postback_settings import (
     PostbackSettingsUpdate,
@@ -190,8 +191,8 @@ async def send_test(
             publisher_id=publisher_id,
             sequence=0,
             attempt_no=1,
-            trigger="test",
-            outcome="delivered" if result.ok else "failed",
+            trigger=AttemptTrigger.TEST,
+            outcome=AttemptOutcome.DELIVERED if result.ok else AttemptOutcome.FAILED,
             url_masked=masked_url,
             http_status=result.status,
             duration_ms=result.duration_ms,
@@ -221,8 +222,8 @@ def to_attempt(row: DeliveryAttempt, token: str | None = None) -> schemas.Postba
     return schemas.PostbackAttempt(
         id=row.id,
         conversion_id=row.conversion_id,
-        trigger=row.trigger,
-        outcome=row.outcome,
+        trigger=AttemptTrigger(row.trigger),
+        outcome=AttemptOutcome(row.outcome),
         sequence=row.sequence,
         attempt_no=row.attempt_no,
         url=_masked(row.url_masked, token),

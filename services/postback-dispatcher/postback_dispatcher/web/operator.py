@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import ValidationError
 
 from postback_core.db.base import unit_of_work
+from postback_core.enums import DeadLetterReason
 from postback_core.security import secrets_equal
 from postback_dispatcher.dead_letters import schemas as dl_schemas
 from postback_dispatcher.dead_letters import service as dl_service
@@ -31,7 +32,7 @@ from postback_dispatcher.web.templating import login_form, templates
 COOKIE = "pb_operator"
 PAGE_SIZE = 25
 FILTER_FIELDS = ("publisher_id", "offer_id", "reason", "last_status", "since", "until")
-KNOWN_REASONS = ("exhausted", "permanent", "ssrf_blocked", "invalid_url", "poison")
+REASONS = tuple(reason.value for reason in DeadLetterReason)
 
 router = APIRouter(prefix="/operator", include_in_schema=False)
 
@@ -179,13 +180,15 @@ async def dead_letters_page(request: Request, runtime: Runtime) -> Response:
         "filters": values,
         "filter_query": urlencode(values),
         "filter_error": filter_error,
-        "reasons": KNOWN_REASONS,
+        "reasons": REASONS,
         "next_url": next_url,
         "is_first_page": cursor is None,
         "notice": _notice(request),
         "error": request.query_params.get("error"),
     }
-    return templates.TemplateResponse(request, "operator_dead_letters.html", context)
+    return templates.TemplateResponse(
+        request, "operator_dead_letters.html", context, status_code=422 if filter_error else 200
+    )
 
 
 @router.get("/dead-letters/{dead_letter_id}", response_class=HTMLResponse)
