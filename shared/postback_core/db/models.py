@@ -42,6 +42,7 @@ from postback_core.enums import (
     DeadLetterReason,
     DeadLetterState,
     DeliveryStatus,
+    SessionKind,
     sql_values,
 )
 
@@ -325,6 +326,35 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)  # the original event body
     history: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+
+
+class WebSession(Base):
+    """A signed-in page session. The cookie holds a random id; only its SHA-256 is stored.
+
+    Checked on every request, so signing out (``revoked_at``) ends it at once,
+    even for a copy of the cookie. ``credential`` fingerprints what was used to
+    sign in (the publisher's key hash, the admin token): rotating it ends the session.
+    """
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({sql_values(SessionKind)})", name="kind_known"),
+        CheckConstraint(
+            f"(kind = '{SessionKind.PUBLISHER}') = (publisher_id IS NOT NULL)",
+            name="publisher_sessions_name_their_publisher",
+        ),
+    )
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # SessionKind
+    publisher_id: Mapped[int | None] = mapped_column(
+        ForeignKey("publishers.id", ondelete="CASCADE"), index=True
+    )
+    credential: Mapped[str] = mapped_column(String(64))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IdNode(Base):

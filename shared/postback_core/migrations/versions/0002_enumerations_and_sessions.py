@@ -1,4 +1,4 @@
-"""closed sets of values as CHECK constraints; server-side page sessions
+"""closed sets of values as CHECK constraints; server-side page sessions (web_sessions)
 
 Revision ID: 0002
 Revises: 0001
@@ -10,6 +10,9 @@ declare). Reasons come from message headers, so rows stored before the check
 are normalised first: the legacy ``permanent`` is ``permanent_http_4xx``, the
 broker's own reasons are ``broker_rejected``, anything else is ``unknown``
 with the original kept in ``history.original_reason``.
+
+``web_sessions``: the pages' sessions, so signing out ends a session on the
+server (a copied cookie stops working) instead of only deleting the cookie.
 """
 
 from collections.abc import Sequence
@@ -23,6 +26,7 @@ from postback_core.enums import (
     DeadLetterReason,
     DeadLetterState,
     DeliveryStatus,
+    SessionKind,
     sql_values,
 )
 
@@ -85,8 +89,43 @@ def upgrade() -> None:
     _normalise_existing_rows()
     for table, name, column, enum in CHECKS:
         op.create_check_constraint(name, table, f"{column} IN ({sql_values(enum)})")
+    op.create_table(
+        "web_sessions",
+        sa.Column("id_hash", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("publisher_id", sa.BigInteger(), nullable=True),
+        sa.Column("credential", sa.String(length=64), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            f"kind IN ({sql_values(SessionKind)})", name=op.f("ck_web_sessions_kind_known")
+        ),
+        sa.CheckConstraint(
+            f"(kind = '{SessionKind.PUBLISHER}') = (publisher_id IS NOT NULL)",
+            name=op.f("ck_web_sessions_publisher_sessions_name_their_publisher"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["publisher_id"],
+            ["publishers.id"],
+            name=op.f("fk_web_sessions_publisher_id_publishers"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id_hash", name=op.f("pk_web_sessions")),
+    )
+    op.create_index(op.f("ix_web_sessions_publisher_id"), "web_sessions", ["publisher_id"])
+    op.create_index(op.f("ix_web_sessions_expires_at"), "web_sessions", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_web_sessions_expires_at"), table_name="web_sessions")
+    op.drop_index(op.f("ix_web_sessions_publisher_id"), table_name="web_sessions")
+    op.drop_table("web_sessions")
     for table, name, _column, _enum in reversed(CHECKS):
         op.drop_constraint(f"ck_{table}_{name}", table, type_="check")
