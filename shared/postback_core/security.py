@@ -26,7 +26,9 @@ MIN_LENGTH_TO_SHOW_TAIL = 12
 
 # ``scheme://userinfo@``: the last "@" before the path ends the userinfo (as
 # urllib and yarl read it), so a password holding a raw "@" is still covered.
-_USERINFO_IN_TEXT = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#<>\"'\\]*@")
+_USERINFO_IN_TEXT = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#<>\"'\\]*)@"
+)
 _USERINFO_AT_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^/?#]*)@")
 
 
@@ -110,12 +112,35 @@ def mask_in_text(text: str, *secrets_to_hide: str | None, url: str | None = None
 
     Hides each of ``secrets_to_hide`` and the credentials of ``url`` (the URL
     the text is about: an echoed request carries its Basic header) wherever they
-    appear, raw or encoded, as :func:`mask_secret` shows them; and the userinfo
-    of any URL written in the text (``https://****@host/``).
+    appear, raw or encoded, as :func:`mask_secret` shows them; and the password
+    of any URL written in the text (``https://user:****@host/``; a userinfo
+    without a password is all secret: ``https://****@host/``).
     """
     hidden = tuple(s for s in secrets_to_hide if s) + url_credentials(url)
     if hidden:
         text = _masker(hidden)(text)
     if "@" in text:
-        text = _USERINFO_IN_TEXT.sub(lambda m: m["scheme"] + MASK + "@", text)
+        text = _USERINFO_IN_TEXT.sub(_masked_userinfo, text)
     return text
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    user, has_password, _ = match["userinfo"].partition(":")
+    return match["scheme"] + (user + ":" if has_password else "") + MASK + "@"
+
+
+def restore_masked_credentials(url: str, stored: str | None) -> str:
+    """``url`` as saved from a form that showed ``stored`` masked: the real password is kept.
+
+    A template is shown with its password masked (``user:****@``); saving it
+    back unchanged must not replace the password with the mask. Any other
+    userinfo is taken as typed.
+    """
+    new = _USERINFO_AT_START.match(url)
+    old = _USERINFO_AT_START.match(stored) if stored else None
+    if new is None or old is None or MASK not in new["userinfo"]:
+        return url
+    assert stored is not None
+    if mask_in_text(old.group(0)) != new.group(0):
+        return url
+    return old.group(0) + url[new.end() :]

@@ -70,14 +70,32 @@ def test_masking_hides_url_userinfo_and_its_basic_auth_header() -> None:
     basic = base64.b64encode(b"alice:p@ss/w0rd-long").decode()
     echoed = f"GET /pb?c=1 HTTP/1.1\r\nAuthorization: Basic {basic}\r\n"
     assert url_credentials(url) == ("p@ss/w0rd-long", basic)
-    assert mask_in_text(url, None) == "https://****@t.example/pb?c=1"
+    assert mask_in_text(url, None) == "https://alice:****@t.example/pb?c=1"
     masked = mask_in_text(echoed, url=url)
     assert basic not in masked and "Authorization: Basic ****" in masked
     # An error message quoting another URL with credentials, and a raw "@" in a password.
     message = "cannot connect to http://bob:pa@ss@h.example:81/x (refused)"
-    assert mask_in_text(message) == "cannot connect to http://****@h.example:81/x (refused)"
+    assert mask_in_text(message) == "cannot connect to http://bob:****@h.example:81/x (refused)"
 
 
 def test_masking_leaves_text_without_secrets_alone() -> None:
     text = "ok: mail me at ops@example.com, see https://t.example/pb?x=1#a"
     assert mask_in_text(text, "not-in-there-at-all") == text
+
+
+def test_a_userinfo_without_password_is_all_secret_and_a_masked_template_restores() -> None:
+    from postback_core.security import restore_masked_credentials
+
+    assert mask_in_text("https://tok_abc@t.example/") == "https://****@t.example/"
+    stored = "https://alice:p%40ss@t.example/pb?c={click_id}"
+    shown = mask_in_text(stored)
+    assert shown == "https://alice:****@t.example/pb?c={click_id}"
+    # Saved back unchanged (or with another path): the real password stays.
+    assert restore_masked_credentials(shown + "&v=2", stored) == stored + "&v=2"
+    # A new password, or another user, is taken as typed.
+    assert restore_masked_credentials("https://alice:new@t.example/", stored).startswith(
+        "https://alice:new@"
+    )
+    assert restore_masked_credentials("https://bob:****@t.example/", stored) == (
+        "https://bob:****@t.example/"
+    )

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from postback_core.db.models import PostbackSettings
 from tests.postback_dispatcher.conftest import DispatcherHandle, make_event
 from tests.postback_dispatcher.portal_fixtures import create_publisher
 from tests.support.polling import wait_for
@@ -67,7 +68,7 @@ async def test_a_test_postback_echoed_back_shows_no_secret(
     assert received.headers["Authorization"] == f"Basic {basic_auth_form(USER, PASSWORD)}"
     body = answer.json()
     assert "Authorization: Basic ****" in body["response_excerpt"]
-    assert body["url"].startswith("http://****@127.0.0.1")
+    assert body["url"].startswith(f"http://{USER}:****@127.0.0.1")
     assert leaks(answer.text, SECRETS) == []
     logged = await api.get("/api/v1/me/postbacks", headers=headers)
     assert logged.json()["items"][0]["response_excerpt"] == body["response_excerpt"]
@@ -130,3 +131,31 @@ async def test_a_dead_lettered_postback_stores_and_shows_no_secret(
     for answer in shown:
         assert answer.status_code == 200, answer.text
         assert leaks(answer.text, SECRETS) == []
+
+
+async def test_a_template_password_is_shown_masked_and_kept_when_saved_back(
+    api: httpx.AsyncClient, db: Db, echoing: Receiver
+) -> None:
+    template = template_for(echoing)
+    publisher = await create_publisher(db, url_template=template, security_token=TOKEN)
+    headers = {"X-Api-Key": publisher.api_key}
+
+    shown = await api.get("/api/v1/me/postback", headers=headers)
+    masked = shown.json()["url_template"]
+    assert masked == template.replace(PASSWORD_IN_URL, "****")
+    assert leaks(shown.text, SECRETS) == []
+
+    # The form's round trip: saving what was shown keeps the real password...
+    saved = await api.put(
+        "/api/v1/me/postback", json={"url_template": masked + "&v=2"}, headers=headers
+    )
+    assert saved.status_code == 200, saved.text
+    assert leaks(saved.text, SECRETS) == []
+    async with db() as session:
+        row = await session.get(PostbackSettings, publisher.id)
+    assert row is not None and row.url_template == template + "&v=2"
+    # ...and the postback still authenticates with it.
+    echoing.responder = echo(200)
+    await api.post("/api/v1/me/postback/test", headers=headers)
+    [received] = echoing.matching("/pb")
+    assert received.headers["Authorization"] == f"Basic {basic_auth_form(USER, PASSWORD)}"

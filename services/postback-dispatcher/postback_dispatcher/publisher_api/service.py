@@ -21,7 +21,7 @@ from postback_core.postback_settings import (
     save_postback_settings,
     template_warnings,
 )
-from postback_core.security import mask_in_text, mask_secret
+from postback_core.security import mask_in_text, mask_secret, restore_masked_credentials
 from postback_dispatcher.pagination import decode_id_cursor, encode_cursor
 from postback_dispatcher.publisher_api import schemas
 from postback_dispatcher.publisher_api.repository import PublisherRepository
@@ -90,7 +90,7 @@ def settings_view(publisher_id: int, row: PostbackSettings | None) -> schemas.My
     return schemas.MyPostbackSettings(
         publisher_id=publisher_id,
         configured=True,
-        url_template=row.url_template,
+        url_template=mask_in_text(row.url_template),
         security_token=mask_secret(row.security_token),
         has_security_token=bool(row.security_token),
         example_url=masked_example_url(publisher_id, row.url_template, row.security_token),
@@ -163,7 +163,12 @@ async def send_test(
     """Fire one real postback with example values, marked as a test, and log it."""
     repo = PublisherRepository(session)
     saved = await repo.settings(publisher_id)
-    template = request.url_template or (saved.url_template if saved else None)
+    stored_template = saved.url_template if saved else None
+    template = (
+        restore_masked_credentials(request.url_template, stored_template)
+        if request.url_template
+        else stored_template
+    )
     if not template:
         raise NoPostbackUrl("no postback URL saved yet: save one or send url_template")
     token = (
