@@ -14,8 +14,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
-from urllib.parse import unquote
+from dataclasses import dataclass
+from urllib.parse import quote, quote_plus, unquote
 
 API_KEY_BYTES = 24
 MASK = "****"
@@ -29,6 +29,7 @@ MIN_LENGTH_TO_SHOW_TAIL = 12
 _USERINFO_IN_TEXT = re.compile(
     r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#<>\"'\\]*)@"
 )
+_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 _USERINFO_AT_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^/?#]*)@")
 
 
@@ -67,7 +68,7 @@ def url_credentials(url: str | None) -> tuple[str, ...]:
     The Basic form is what a client sends for ``user:pass@`` (``Authorization:
     Basic base64(user:pass)``), so a receiver that echoes headers echoes it.
     """
-    if not url:
+    if not url or "@" not in url:
         return ()
     match = _USERINFO_AT_START.match(url)
     if match is None or not match["userinfo"]:
@@ -78,33 +79,63 @@ def url_credentials(url: str | None) -> tuple[str, ...]:
     return tuple(s for s in (password or user, basic) if s)
 
 
-def _any_encoding(secret: str) -> str:
-    """A regex for ``secret`` raw, percent-encoded (any case, even in part) or with + for space."""
+def _lower_escapes(text: str) -> str:
+    return _ESCAPE.sub(lambda m: m.group().lower(), text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Forms:
+    mask: str  # what replaces the secret
+    exact: tuple[str, ...]  # raw, percent-encoded upper/lower, + for space; longest first
+    anchors: tuple[str, ...]  # runs of 3+ letters and digits: encoders leave them raw
+
+
+@functools.lru_cache(maxsize=4096)
+def _forms(secret: str) -> _Forms:
+    encoded = {
+        quote(secret, safe=""),
+        quote(secret, safe="-._~"),
+        quote(secret),
+        quote_plus(secret, safe=""),
+        quote_plus(secret),
+    }
+    exact = {secret, secret.replace(" ", "+")} | encoded | {_lower_escapes(e) for e in encoded}
+    return _Forms(
+        mask=mask_secret(secret) or MASK,
+        exact=tuple(sorted(exact, key=len, reverse=True)),
+        anchors=tuple(run for run in re.findall(r"[A-Za-z0-9]+", secret) if len(run) >= 3),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _any_encoding(secret: str) -> re.Pattern[str]:
+    """``secret`` raw or percent-encoded character by character, in any mix (the slow path)."""
     parts = []
     for char in secret:
         encoded = "".join(
             "%" + "".join(f"[{h.upper()}{h.lower()}]" if h.isalpha() else h for h in f"{b:02X}")
             for b in char.encode()
         )
-        options = [re.escape(char), encoded] + (["\\+"] if char == " " else [])
+        options = [re.escape(char), encoded] + ([r"\+"] if char == " " else [])
         parts.append("(?:" + "|".join(options) + ")")
-    return "".join(parts)
+    return re.compile("".join(parts))
 
 
-@functools.lru_cache(maxsize=4096)
-def _masker(secrets_to_hide: tuple[str, ...]) -> Callable[[str], str]:
-    """One compiled pattern per set of secrets (the hot path asks for the same sets again)."""
-    ordered = sorted(set(secrets_to_hide), key=len, reverse=True)  # longest wins an overlap
-    if not ordered:
-        return lambda text: text
-    masks = {secret: mask_secret(secret) or MASK for secret in ordered}
-    pattern = re.compile("|".join(f"(?P<s{i}>{_any_encoding(s)})" for i, s in enumerate(ordered)))
+def _hide(text: str, secret: str) -> str:
+    """Replace every form of one secret; the usual forms by ``str.replace`` (the hot path).
 
-    def replace(match: re.Match[str]) -> str:
-        assert match.lastgroup is not None
-        return masks[ordered[int(match.lastgroup[1:])]]
-
-    return lambda text: pattern.sub(replace, text)
+    The character-by-character pattern (an unusual mix of raw and encoded
+    characters) runs only when some of the secret is still there to be found.
+    """
+    forms = _forms(secret)
+    for form in forms.exact:
+        if form in text:
+            text = text.replace(form, forms.mask)
+    if any(anchor in text for anchor in forms.anchors) or (
+        not forms.anchors and ("%" in text or "+" in text)
+    ):
+        text = _any_encoding(secret).sub(forms.mask, text)
+    return text
 
 
 def mask_in_text(text: str, *secrets_to_hide: str | None, url: str | None = None) -> str:
@@ -116,9 +147,13 @@ def mask_in_text(text: str, *secrets_to_hide: str | None, url: str | None = None
     of any URL written in the text (``https://user:****@host/``; a userinfo
     without a password is all secret: ``https://****@host/``).
     """
-    hidden = tuple(s for s in secrets_to_hide if s) + url_credentials(url)
-    if hidden:
-        text = _masker(hidden)(text)
+    hidden = [s for s in secrets_to_hide if s]
+    if url:
+        hidden += url_credentials(url)
+    if len(hidden) > 1:
+        hidden.sort(key=len, reverse=True)  # the longer wins an overlap
+    for secret in hidden:
+        text = _hide(text, secret)
     if "@" in text:
         text = _USERINFO_IN_TEXT.sub(_masked_userinfo, text)
     return text

@@ -56,6 +56,10 @@ def _lower_escapes(text: str) -> str:
         quote_plus(TOKEN, safe=""),
         TOKEN.replace(" ", "+"),
         _lower_escapes(quote_plus(TOKEN)),
+        # No encoder writes these, but a receiver may: unreserved characters
+        # encoded, upper and lower case mixed, raw and encoded mixed.
+        "%73" + quote(TOKEN, safe="")[1:].replace("%2F", "%2f"),
+        TOKEN.replace("/", "%2f").replace(" ", "%20"),
     ],
 )
 def test_masking_finds_the_token_in_every_url_encoding(form: str) -> None:
