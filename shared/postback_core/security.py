@@ -138,14 +138,35 @@ def _hide(text: str, secret: str) -> str:
     return text
 
 
-def mask_in_text(text: str, *secrets_to_hide: str | None, url: str | None = None) -> str:
+# A cut text ending in this many characters (or more) of a secret's start loses them.
+MIN_CUT_PREFIX = 3
+
+
+def _hide_cut_tail(text: str, secret: str) -> str:
+    """Mask the end of ``text`` when it is the start of one of the secret's forms."""
+    forms = _forms(secret)
+    for form in forms.exact:
+        start = max(len(text) - len(form) + 1, 0)
+        at = text.find(form[0], start)
+        while at != -1:
+            if len(text) - at >= MIN_CUT_PREFIX and form.startswith(text[at:]):
+                return text[:at] + MASK  # (its tail was cut off: nothing of it to show)
+            at = text.find(form[0], at + 1)
+    return text
+
+
+def mask_in_text(
+    text: str, *secrets_to_hide: str | None, url: str | None = None, cut: bool = False
+) -> str:
     """``text`` with every secret hidden, in every form it takes in a URL or a header.
 
     Hides each of ``secrets_to_hide`` and the credentials of ``url`` (the URL
     the text is about: an echoed request carries its Basic header) wherever they
     appear, raw or encoded, as :func:`mask_secret` shows them; and the password
     of any URL written in the text (``https://user:****@host/``; a userinfo
-    without a password is all secret: ``https://****@host/``).
+    without a password is all secret: ``https://****@host/``). ``cut``: the text
+    was truncated before it got here (a response excerpt), so it may end in the
+    first part of a secret; that part is masked too.
     """
     hidden = [s for s in secrets_to_hide if s]
     if url:
@@ -154,6 +175,8 @@ def mask_in_text(text: str, *secrets_to_hide: str | None, url: str | None = None
         hidden.sort(key=len, reverse=True)  # the longer wins an overlap
     for secret in hidden:
         text = _hide(text, secret)
+        if cut:
+            text = _hide_cut_tail(text, secret)
     if "@" in text:
         text = _USERINFO_IN_TEXT.sub(_masked_userinfo, text)
     return text

@@ -103,3 +103,13 @@ def test_a_userinfo_without_password_is_all_secret_and_a_masked_template_restore
     assert restore_masked_credentials("https://bob:****@t.example/", stored) == (
         "https://bob:****@t.example/"
     )
+
+
+def test_a_cut_text_ending_in_the_start_of_a_secret_hides_that_start() -> None:
+    echoed = "GET /pb?t=" + quote(TOKEN, safe="")
+    for cut_at in range(len("GET /pb?t=") + 3, len(echoed)):
+        masked = mask_in_text(echoed[:cut_at], TOKEN, cut=True)
+        assert masked == "GET /pb?t=****", cut_at
+    # Without ``cut`` (a whole text) an ending that merely looks like the start stays.
+    assert mask_in_text("see s3c", TOKEN) == "see s3c"
+    assert mask_in_text("see s3c", TOKEN, cut=True) == "see ****"

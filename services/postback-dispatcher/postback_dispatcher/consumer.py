@@ -100,9 +100,9 @@ def host_key(url: str) -> str:
         return ""
 
 
-def mask_token(text: str, token: str | None, url: str) -> str:
+def mask_token(text: str, token: str | None, url: str, *, cut: bool = False) -> str:
     """Text about a request to ``url``: the token and the URL's credentials hidden."""
-    return mask_in_text(text, token, url=url)
+    return mask_in_text(text, token, url=url, cut=cut)
 
 
 def classify(result: SendResult) -> tuple[str, str | None]:
@@ -486,7 +486,7 @@ class PostbackConsumer:
             error_message=mask_token(result.error_message, token, url)
             if result.error_message
             else None,
-            response_excerpt=mask_token(result.response_excerpt, token, url)
+            response_excerpt=mask_token(result.response_excerpt, token, url, cut=True)
             if result.response_excerpt
             else None,
             created_at=started_at,

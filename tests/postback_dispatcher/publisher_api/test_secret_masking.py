@@ -159,3 +159,28 @@ async def test_a_template_password_is_shown_masked_and_kept_when_saved_back(
     await api.post("/api/v1/me/postback/test", headers=headers)
     [received] = echoing.matching("/pb")
     assert received.headers["Authorization"] == f"Basic {basic_auth_form(USER, PASSWORD)}"
+
+
+async def test_an_excerpt_cut_inside_the_token_shows_none_of_it(
+    dispatcher: DispatcherHandle, pg: asyncpg.Pool, db: Db, echoing: Receiver
+) -> None:
+    from postback_dispatcher.sender import EXCERPT_BYTES
+
+    kept = 12  # the excerpt ends with the first 12 characters of the token
+    body = "x" * (EXCERPT_BYTES - kept) + TOKEN + " and more"
+    echoing.responder = lambda request: web.Response(text=body)
+    publisher = await create_publisher(
+        db, url_template=f"{echoing.base_url}/pb?c={{click_id}}", security_token=TOKEN
+    )
+    event = make_event(publisher.id)
+    await dispatcher.publish(event)
+
+    attempt = await wait_for(
+        lambda: pg.fetchrow(
+            "SELECT * FROM delivery_attempts WHERE conversion_id = $1", event.conversion_id
+        ),
+        message="attempt logged",
+    )
+    excerpt = attempt["response_excerpt"]
+    assert excerpt == "x" * (EXCERPT_BYTES - kept) + "****"
+    assert TOKEN[:3] not in excerpt

@@ -184,8 +184,13 @@ async def send_test(
         return postback_headers(test_id, hop_url, token) | {TEST_HEADER: "1"}
 
     result = await sender.send(url, headers_for(url), headers_for=headers_for)
-    # Masked before it is cut, so a secret is never left half-shown at the cut.
-    excerpt = _masked(result.response_excerpt, token, url)
+    # The sender cut the body: a secret may be left half-shown at the cut.
+    excerpt = (
+        mask_in_text(result.response_excerpt, token, url=url, cut=True)
+        if result.response_excerpt
+        else None
+    )
+    # Masked before this cut, so none is left half-shown here.
     excerpt = excerpt[:EXCERPT_CHARS] if excerpt else None
     masked_url = mask_in_text(url, token, url=url)
     error_message = _masked(result.error_message, token, url)
