@@ -17,6 +17,7 @@ from postback_core.enums import (
     DeadLetterReason,
     DeadLetterState,
     DeliveryStatus,
+    SessionKind,
 )
 from tests.support.infra import PG_SERVER, drop_database, unique_name
 
@@ -26,6 +27,7 @@ ENUM_COLUMNS = {
     ("delivery_attempts", "outcome"): AttemptOutcome,
     ("dead_letters", "reason"): DeadLetterReason,
     ("dead_letters", "state"): DeadLetterState,
+    ("web_sessions", "kind"): SessionKind,
 }
 
 
