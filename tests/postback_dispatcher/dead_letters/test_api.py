@@ -517,3 +517,17 @@ async def test_the_database_refuses_a_reason_state_or_outcome_outside_the_enumer
         with pytest.raises(IntegrityError, match=constraint):
             async with unit_of_work(db) as session:
                 await session.execute(text(statement), {"id": row.id, "cid": row.conversion_id})
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"publisher_id": 2**63}, {"offer_id": 10**20}, {"publisher_id": 0}, {"last_status": 1000}],
+)
+async def test_out_of_range_filters_are_422_not_a_database_error(
+    api: httpx.AsyncClient, admin_headers: dict[str, str], filters: dict[str, int]
+) -> None:
+    listed = await api.get("/api/v1/dead-letters", params=filters, headers=admin_headers)
+    assert listed.status_code == 422, listed.text
+    for path in ("/api/v1/dead-letters/replay", "/api/v1/dead-letters/purge"):
+        response = await api.post(path, json=filters | {"dry_run": True}, headers=admin_headers)
+        assert response.status_code == 422, (path, response.text)

@@ -13,6 +13,7 @@ from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
+MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints: a larger one is a 422, not a 500
 
 
 class DeadLetterFilterFields(BaseModel):
@@ -20,8 +21,8 @@ class DeadLetterFilterFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    publisher_id: int | None = Field(None, ge=1)
-    offer_id: int | None = Field(None, ge=1)
+    publisher_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
+    offer_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
     reason: DeadLetterReason | None = Field(None, description="one of the stored reasons")
     last_status: int | None = Field(None, ge=0, le=999)
     since: datetime | None = Field(None, description="dead_at at or after this time")
