@@ -66,6 +66,13 @@ class DeadLetterState(StrEnum):
     PURGED = "purged"
 
 
+class SessionKind(StrEnum):
+    """Who a page session (``web_sessions.kind``) signs in."""
+
+    PUBLISHER = "publisher"  # the Postback Settings page, with the publisher's API key
+    OPERATOR = "operator"  # the Dead letters pages, with the admin token
+
+
 class ConversionStatus(StrEnum):
     """A conversion's status as the advertiser (or an operator) reports it."""
 

@@ -22,7 +22,7 @@ from postback_core.macros import (
     find_macros,
     validate_postback_template,
 )
-from postback_core.security import mask_secret
+from postback_core.security import mask_in_text, mask_secret, restore_masked_credentials
 
 MAX_SECURITY_TOKEN_LENGTH = 200
 
@@ -55,7 +55,7 @@ class PostbackSettingsUpdate(BaseModel):
 
 class PostbackSettingsRead(BaseModel):
     publisher_id: int
-    url_template: str
+    url_template: str = Field(description="A password in the URL (user:pass@) is masked.")
     security_token: str | None = Field(description="Masked; the full token is never shown.")
     updated_at: datetime
     warnings: list[str]
@@ -78,7 +78,7 @@ def _read(row: PostbackSettings) -> PostbackSettingsRead:
         warnings = [str(exc)]
     return PostbackSettingsRead(
         publisher_id=row.publisher_id,
-        url_template=row.url_template,
+        url_template=mask_in_text(row.url_template),
         security_token=mask_secret(row.security_token),
         updated_at=row.updated_at,
         warnings=warnings,
@@ -100,19 +100,24 @@ async def save_postback_settings(
     """Validate and upsert; raises ``TemplateError`` (naming unknown macros) before writing.
 
     The caller checks that the publisher exists; the caller's unit of work commits.
+    A template saved back as it was shown (password masked) keeps the real password.
     """
-    warnings = template_warnings(update.url_template, update.security_token)
+    stored = await session.scalar(
+        select(PostbackSettings.url_template).where(PostbackSettings.publisher_id == publisher_id)
+    )
+    url_template = restore_masked_credentials(update.url_template, stored)
+    warnings = template_warnings(url_template, update.security_token)
     statement = (
         insert(PostbackSettings)
         .values(
             publisher_id=publisher_id,
-            url_template=update.url_template,
+            url_template=url_template,
             security_token=update.security_token,
         )
         .on_conflict_do_update(
             index_elements=[PostbackSettings.publisher_id],
             set_={
-                "url_template": update.url_template,
+                "url_template": url_template,
                 "security_token": update.security_token,
                 "updated_at": func.clock_timestamp(),
             },
@@ -122,7 +127,7 @@ async def save_postback_settings(
     updated_at = (await session.execute(statement)).scalar_one()
     return PostbackSettingsRead(
         publisher_id=publisher_id,
-        url_template=update.url_template,
+        url_template=mask_in_text(url_template),
         security_token=mask_secret(update.security_token),
         updated_at=updated_at,
         warnings=warnings,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -38,6 +38,7 @@ from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.security import mask_in_text
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
@@ -99,18 +100,9 @@ def host_key(url: str) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=4096)
-def _secret_forms(secret: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((secret, quote(secret, safe=""), quote(secret, safe="-._~"))))
-
-
-def mask_token(text: str, token: str | None) -> str:
-    """``postback_core.security.mask_in_text`` for one token, with its forms cached."""
-    if not token:
-        return text
-    for form in _secret_forms(token):
-        text = text.replace(form, "***")
-    return text
+def mask_token(text: str, token: str | None, url: str, *, cut: bool = False) -> str:
+    """Text about a request to ``url``: the token and the URL's credentials hidden."""
+    return mask_in_text(text, token, url=url, cut=cut)
 
 
 def classify(result: SendResult) -> tuple[str, str | None]:
@@ -408,7 +400,7 @@ class PostbackConsumer:
         token = target.security_token
         compiled = compile_template(target.url_template)
         url = compiled.render(event, token)
-        url_masked = mask_token(url, token)
+        url_masked = mask_token(url, token, url)
 
         claim = await self._claims.claim(
             ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
@@ -472,7 +464,7 @@ class PostbackConsumer:
         finally:
             self.limiter.release(host)
 
-        error_text = self._error_text(result, token)
+        error_text = self._error_text(result, token, url)
         if verdict == "retry" and attempt_no >= self.max_attempts:
             verdict, reason = "dead", "exhausted"
         if verdict == "dead" and outcome_name != "breaker_open":
@@ -487,12 +479,16 @@ class PostbackConsumer:
             outcome=outcome_name,
             url_masked=url_masked
             if result.final_url == url
-            else mask_token(result.final_url, token),
+            else mask_token(result.final_url, token, url),
             http_status=result.status,
             duration_ms=result.duration_ms,
             error_class=result.error_class,
-            error_message=mask_token(result.error_message, token) if result.error_message else None,
-            response_excerpt=result.response_excerpt,
+            error_message=mask_token(result.error_message, token, url)
+            if result.error_message
+            else None,
+            response_excerpt=mask_token(result.response_excerpt, token, url, cut=True)
+            if result.response_excerpt
+            else None,
             created_at=started_at,
         )
 
@@ -568,12 +564,12 @@ class PostbackConsumer:
     # -- helpers -------------------------------------------------------------------
 
     @staticmethod
-    def _error_text(result: SendResult, token: str | None) -> str | None:
+    def _error_text(result: SendResult, token: str | None, url: str) -> str | None:
         """``Class: message`` with the token masked (messages may quote the URL)."""
         if result.error_class is None:
             return None
         if result.error_message:
-            return mask_token(f"{result.error_class}: {result.error_message}", token)[:1000]
+            return mask_token(f"{result.error_class}: {result.error_message}", token, url)[:1000]
         return result.error_class
 
     def _retry_delay(self, attempt_no: int, retry_after: float | None) -> float:

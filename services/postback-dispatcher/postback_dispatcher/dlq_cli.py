@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from postback_core.enums import DeadLetterReason
+
 dlq = typer.Typer(
     help="Inspect, replay and purge dead-lettered postbacks (talks to the dispatcher API).",
     no_args_is_help=True,
@@ -70,9 +72,13 @@ def _default_url() -> str:
     )
 
 
-def _api(ctx: typer.Context) -> Api:
-    """The API client, built on first use so ``--help`` works without a token."""
+def _api(ctx: typer.Context, as_json: bool = False) -> Api:
+    """The API client, built on first use so ``--help`` works without a token.
+
+    ``--json`` may stand before the command or after it (``dlq list --all --json``).
+    """
     if isinstance(ctx.obj, Api):
+        ctx.obj.as_json = ctx.obj.as_json or as_json
         return ctx.obj
     options: dict[str, Any] = ctx.obj or {}
     root = ctx.find_root()
@@ -80,7 +86,10 @@ def _api(ctx: typer.Context) -> Api:
         Console(stderr=True).print("[bold red]error:[/] set ADMIN_TOKEN or pass --token")
         raise typer.Exit(2)
     api = Api(
-        options["url"] or _default_url(), options["token"], options["as_json"], options["timeout"]
+        options["url"] or _default_url(),
+        options["token"],
+        options["as_json"] or as_json,
+        options["timeout"],
     )
     root.call_on_close(api.client.close)
     ctx.obj = api
@@ -107,16 +116,17 @@ def _options(
 # Filters shared by list, replay and purge.
 PublisherOpt = typer.Option(None, "--publisher-id", "-p", help="Only this publisher.")
 OfferOpt = typer.Option(None, "--offer-id", "-o", help="Only this offer.")
-ReasonOpt = typer.Option(None, "--reason", "-r", help="exhausted, permanent, ssrf_blocked, …")
+ReasonOpt = typer.Option(None, "--reason", "-r", help="Only this dead-letter reason.")
 StatusOpt = typer.Option(None, "--status", "-s", help="Last HTTP status, e.g. 503.")
 SinceOpt = typer.Option(None, "--since", help="Dead at or after (ISO 8601).")
 UntilOpt = typer.Option(None, "--until", help="Dead before (ISO 8601).")
+JsonOpt = typer.Option(False, "--json", help="Print the API's JSON (for scripts).")
 
 
 def _filters(
     publisher_id: int | None,
     offer_id: int | None,
-    reason: str | None,
+    reason: DeadLetterReason | None,
     status: int | None,
     since: datetime | None,
     until: datetime | None,
@@ -124,7 +134,7 @@ def _filters(
     values = {
         "publisher_id": publisher_id,
         "offer_id": offer_id,
-        "reason": reason,
+        "reason": reason.value if reason else None,
         "last_status": status,
         "since": _utc(since),
         "until": _utc(until),
@@ -160,16 +170,17 @@ def list_dead_letters(
     ctx: typer.Context,
     publisher_id: int | None = PublisherOpt,
     offer_id: int | None = OfferOpt,
-    reason: str | None = ReasonOpt,
+    reason: DeadLetterReason | None = ReasonOpt,
     status: int | None = StatusOpt,
     since: datetime | None = SinceOpt,
     until: datetime | None = UntilOpt,
     limit: int = typer.Option(50, min=1, max=500, help="Items per page."),
     cursor: str | None = typer.Option(None, help="Continue after this page cursor."),
     all_pages: bool = typer.Option(False, "--all", help="Follow cursors to the end."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """List open dead letters, newest first."""
-    api = _api(ctx)
+    api = _api(ctx, as_json)
     params = _filters(publisher_id, offer_id, reason, status, since, until) | {"limit": limit}
     items: list[dict[str, Any]] = []
     next_cursor = cursor
@@ -216,10 +227,12 @@ def list_dead_letters(
 
 @dlq.command("show")
 def show(
-    ctx: typer.Context, dead_letter_id: int = typer.Argument(..., help="Dead letter id.")
+    ctx: typer.Context,
+    dead_letter_id: int = typer.Argument(..., help="Dead letter id."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """One dead letter with its full attempt history."""
-    api = _api(ctx)
+    api = _api(ctx, as_json)
     item = api.call("GET", f"/{dead_letter_id}")
     if api.as_json:
         api.emit_json(item)
@@ -277,16 +290,17 @@ def replay(
     dead_letter_id: int | None = typer.Argument(None, help="Replay one; omit to use filters."),
     publisher_id: int | None = PublisherOpt,
     offer_id: int | None = OfferOpt,
-    reason: str | None = ReasonOpt,
+    reason: DeadLetterReason | None = ReasonOpt,
     status: int | None = StatusOpt,
     since: datetime | None = SinceOpt,
     until: datetime | None = UntilOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be replayed."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     batch_size: int = typer.Option(BULK_BATCH_SIZE, min=1, max=5000, help="Per API call."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Send dead letters again through the normal pipeline (one id, or all matching)."""
-    api = _api(ctx)
+    api = _api(ctx, as_json)
     filters = _filters(publisher_id, offer_id, reason, status, since, until)
     if dead_letter_id is not None:
         if filters:
@@ -365,15 +379,16 @@ def purge(
     dead_letter_id: int | None = typer.Argument(None, help="Purge one; omit to use filters."),
     publisher_id: int | None = PublisherOpt,
     offer_id: int | None = OfferOpt,
-    reason: str | None = ReasonOpt,
+    reason: DeadLetterReason | None = ReasonOpt,
     status: int | None = StatusOpt,
     since: datetime | None = SinceOpt,
     until: datetime | None = UntilOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be purged."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Drop dead letters for good (one id, or all matching). Asks first unless --yes."""
-    api = _api(ctx)
+    api = _api(ctx, as_json)
     filters = _filters(publisher_id, offer_id, reason, status, since, until)
     if dead_letter_id is not None:
         if filters:
@@ -415,9 +430,9 @@ def purge(
 
 
 @dlq.command("stats")
-def stats(ctx: typer.Context) -> None:
+def stats(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """Count and payout at risk per publisher, longest waiting first."""
-    api = _api(ctx)
+    api = _api(ctx, as_json)
     data = api.call("GET", "/stats")
     if api.as_json:
         api.emit_json(data)

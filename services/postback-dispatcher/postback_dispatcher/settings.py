@@ -21,7 +21,7 @@ class DispatcherSettings(HTTPServiceSettings):
     breaker_cooldown_seconds: float = Field(30.0, alias="POSTBACK_BREAKER_COOLDOWN_SECONDS", gt=0)
     settings_cache_seconds: float = Field(5.0, alias="POSTBACK_SETTINGS_CACHE_SECONDS", ge=0)
     shutdown_grace_seconds: float = Field(10.0, alias="SHUTDOWN_GRACE_SECONDS", gt=0)
-    # Signs the web pages' session cookies; derived from ADMIN_TOKEN when empty.
+    # Keys the admin-token fingerprint of operator page sessions; from ADMIN_TOKEN when empty.
     session_secret: str = Field("", alias="SESSION_SECRET", repr=False)
 
     @property

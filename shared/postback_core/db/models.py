@@ -36,6 +36,15 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
 
 from postback_core.db.base import Base
+from postback_core.enums import (
+    AttemptOutcome,
+    AttemptTrigger,
+    DeadLetterReason,
+    DeadLetterState,
+    DeliveryStatus,
+    SessionKind,
+    sql_values,
+)
 
 # Money: 12 digits, 4 after the point (payouts are USD amounts such as 0.50).
 Money = Numeric(12, 4)
@@ -224,11 +233,14 @@ class Delivery(Base):
     """
 
     __tablename__ = "deliveries"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({sql_values(DeliveryStatus)})", name="status_known"),
+    )
 
     conversion_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     publisher_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    status: Mapped[str] = mapped_column(String(20))  # pending|delivered|skipped|dead
+    status: Mapped[str] = mapped_column(String(20))  # DeliveryStatus
     sequence: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_status: Mapped[int | None] = mapped_column(Integer)
@@ -247,6 +259,8 @@ class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
     __table_args__ = (
         Index("ix_delivery_attempts_publisher_id_id", "publisher_id", text("id DESC")),
+        CheckConstraint(f"trigger IN ({sql_values(AttemptTrigger)})", name="trigger_known"),
+        CheckConstraint(f"outcome IN ({sql_values(AttemptOutcome)})", name="outcome_known"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -255,8 +269,8 @@ class DeliveryAttempt(Base):
     publisher_id: Mapped[int] = mapped_column(BigInteger)
     sequence: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     attempt_no: Mapped[int] = mapped_column(Integer)
-    trigger: Mapped[str] = mapped_column(String(10))  # first|retry|replay|test
-    outcome: Mapped[str] = mapped_column(String(20))  # delivered|retry|dead|skipped|breaker_open
+    trigger: Mapped[str] = mapped_column(String(10))  # AttemptTrigger
+    outcome: Mapped[str] = mapped_column(String(20))  # AttemptOutcome
     url_masked: Mapped[str | None] = mapped_column(Text)
     http_status: Mapped[int | None] = mapped_column(Integer)
     duration_ms: Mapped[float | None] = mapped_column(Numeric(10, 2))
@@ -278,15 +292,17 @@ class DeadLetter(Base):
             "ix_dead_letters_open_dead_at",
             text("dead_at DESC"),
             text("id DESC"),
-            postgresql_where=text("state = 'dead'"),
+            postgresql_where=text(f"state = '{DeadLetterState.DEAD}'"),
         ),
         Index(
             "ix_dead_letters_open_publisher",
             "publisher_id",
             text("dead_at DESC"),
             text("id DESC"),
-            postgresql_where=text("state = 'dead'"),
+            postgresql_where=text(f"state = '{DeadLetterState.DEAD}'"),
         ),
+        CheckConstraint(f"reason IN ({sql_values(DeadLetterReason)})", name="reason_known"),
+        CheckConstraint(f"state IN ({sql_values(DeadLetterState)})", name="state_known"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -302,16 +318,43 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    reason: Mapped[str] = mapped_column(String(50))  # exhausted|permanent|ssrf_blocked|poison|...
+    reason: Mapped[str] = mapped_column(String(50))  # DeadLetterReason
     first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-    state: Mapped[str] = mapped_column(
-        String(20), server_default=text("'dead'")
-    )  # dead|replayed|purged
+    state: Mapped[str] = mapped_column(String(20), server_default=text("'dead'"))  # DeadLetterState
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)  # the original event body
     history: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+
+
+class WebSession(Base):
+    """A signed-in page session. The cookie holds a random id; only its SHA-256 is stored.
+
+    Checked on every request, so signing out (``revoked_at``) ends it at once,
+    even for a copy of the cookie. ``credential`` fingerprints what was used to
+    sign in (the publisher's key hash, the admin token): rotating it ends the session.
+    """
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({sql_values(SessionKind)})", name="kind_known"),
+        CheckConstraint(
+            f"(kind = '{SessionKind.PUBLISHER}') = (publisher_id IS NOT NULL)",
+            name="publisher_sessions_name_their_publisher",
+        ),
+    )
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # SessionKind
+    publisher_id: Mapped[int | None] = mapped_column(
+        ForeignKey("publishers.id", ondelete="CASCADE"), index=True
+    )
+    credential: Mapped[str] = mapped_column(String(64))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IdNode(Base):

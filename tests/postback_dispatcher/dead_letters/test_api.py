@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from postback_core.db.base import unit_of_work
@@ -103,7 +104,7 @@ async def test_filters_narrow_the_list(
         db, publisher_id=publisher.id, offer_id=2, reason="ssrf_blocked", last_status=None
     )
     not_found = await insert_dead_letter(
-        db, publisher_id=publisher.id, offer_id=2, reason="permanent", last_status=404
+        db, publisher_id=publisher.id, offer_id=2, reason="permanent_http_4xx", last_status=404
     )
 
     async def ids(**params: object) -> list[int]:
@@ -467,3 +468,66 @@ async def test_a_replay_is_delivered_once_as_one_new_delivery_sequence(
     detail = await api.get(f"/api/v1/dead-letters/{row.id}", headers=admin_headers)
     assert detail.json()["state"] == "replayed"
     assert detail.json()["attempt_history"][-1]["trigger"] == "replay"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/dead-letters", None),
+        ("POST", "/api/v1/dead-letters/replay", {"dry_run": True}),
+        ("POST", "/api/v1/dead-letters/purge", {"dry_run": True}),
+    ],
+)
+async def test_an_unknown_reason_filter_is_422_not_an_empty_match(
+    api: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+) -> None:
+    for reason in ("permanent", "PERMANENT_HTTP_4XX", "exhausted\x00"):
+        if body is None:
+            response = await api.get(path, params={"reason": reason}, headers=admin_headers)
+        else:
+            response = await api.request(
+                method, path, json=body | {"reason": reason}, headers=admin_headers
+            )
+        assert response.status_code == 422, (reason, response.text)
+        assert response.json()["detail"][0]["loc"][-1] == "reason"
+
+
+async def test_the_database_refuses_a_reason_state_or_outcome_outside_the_enumerations(
+    db: Db,
+) -> None:
+    publisher = await create_publisher(db)
+    with pytest.raises(IntegrityError, match="ck_dead_letters_reason_known"):
+        await insert_dead_letter(db, publisher_id=publisher.id, reason="permanent")
+    row = await insert_dead_letter(db, publisher_id=publisher.id)
+    for statement, constraint in (
+        ("UPDATE dead_letters SET state = 'archived' WHERE id = :id", "state_known"),
+        (
+            "UPDATE delivery_attempts SET outcome = 'ok' WHERE conversion_id = :cid",
+            "outcome_known",
+        ),
+        (
+            "UPDATE delivery_attempts SET trigger = 'manual' WHERE conversion_id = :cid",
+            "trigger_known",
+        ),
+    ):
+        with pytest.raises(IntegrityError, match=constraint):
+            async with unit_of_work(db) as session:
+                await session.execute(text(statement), {"id": row.id, "cid": row.conversion_id})
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"publisher_id": 2**63}, {"offer_id": 10**20}, {"publisher_id": 0}, {"last_status": 1000}],
+)
+async def test_out_of_range_filters_are_422_not_a_database_error(
+    api: httpx.AsyncClient, admin_headers: dict[str, str], filters: dict[str, int]
+) -> None:
+    listed = await api.get("/api/v1/dead-letters", params=filters, headers=admin_headers)
+    assert listed.status_code == 422, listed.text
+    for path in ("/api/v1/dead-letters/replay", "/api/v1/dead-letters/purge"):
+        response = await api.post(path, json=filters | {"dry_run": True}, headers=admin_headers)
+        assert response.status_code == 422, (path, response.text)

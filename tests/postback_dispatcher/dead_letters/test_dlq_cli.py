@@ -138,23 +138,25 @@ async def test_bulk_replay_dry_run_then_confirmed_run(
 async def test_purge_asks_first_and_yes_skips_the_question(portal_url: str, db: Db) -> None:
     publisher = await create_publisher(db)
     rows = [
-        await insert_dead_letter(db, publisher_id=publisher.id, reason="permanent")
+        await insert_dead_letter(db, publisher_id=publisher.id, reason="permanent_http_4xx")
         for _ in range(2)
     ]
     single = await insert_dead_letter(db, publisher_id=publisher.id, reason="exhausted")
 
-    dry = await dlq(portal_url, "purge", "-p", str(publisher.id), "-r", "permanent", "--dry-run")
+    dry = await dlq(
+        portal_url, "purge", "-p", str(publisher.id), "-r", "permanent_http_4xx", "--dry-run"
+    )
     assert dry.exit_code == 0
     assert "would purge 2" in dry.output
 
     declined = await dlq(
-        portal_url, "purge", "-p", str(publisher.id), "-r", "permanent", input="n\n"
+        portal_url, "purge", "-p", str(publisher.id), "-r", "permanent_http_4xx", input="n\n"
     )
     assert declined.exit_code == 1
     assert await _states(db, *(r.id for r in rows)) == ["dead", "dead"]
 
     purged = await dlq(
-        portal_url, "--json", "purge", "-p", str(publisher.id), "-r", "permanent", "--yes"
+        portal_url, "--json", "purge", "-p", str(publisher.id), "-r", "permanent_http_4xx", "--yes"
     )
     assert purged.exit_code == 0, purged.output
     assert json.loads(purged.stdout) == {"count": 2}
@@ -197,3 +199,38 @@ async def test_tables_fit_an_80_column_terminal(portal_url: str, db: Db) -> None
         assert result.exit_code == 0, result.output
         widest = max(len(line) for line in result.output.splitlines())
         assert widest <= 80, result.output
+
+
+async def test_list_all_json_works_as_the_docs_write_it(portal_url: str, db: Db) -> None:
+    """``dlq list --all --json`` (options after the command) pages through everything."""
+    publisher = await create_publisher(db)
+    rows = [await insert_dead_letter(db, publisher_id=publisher.id) for _ in range(3)]
+    result = await dlq(
+        portal_url, "list", "-p", str(publisher.id), "--limit", "1", "--all", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert sorted(i["id"] for i in listed["items"]) == sorted(r.id for r in rows)
+    assert listed["next_cursor"] is None
+
+
+async def test_reasons_are_the_stored_ones_and_unknown_ones_are_refused(
+    portal_url: str, db: Db
+) -> None:
+    publisher = await create_publisher(db)
+    refused = await insert_dead_letter(db, publisher_id=publisher.id, reason="permanent_http_4xx")
+    await insert_dead_letter(db, publisher_id=publisher.id, reason="exhausted")
+
+    help_text = await dlq(portal_url, "list", "--help", columns=400)
+    assert "permanent_http_4xx" in help_text.output
+    assert "permanent|" not in help_text.output and "permanent," not in help_text.output
+
+    unknown = await dlq(portal_url, "list", "-p", str(publisher.id), "-r", "permanent")
+    assert unknown.exit_code == 2
+    assert "permanent" in unknown.output and "is not one of" in unknown.output
+
+    found = await dlq(
+        portal_url, "list", "-p", str(publisher.id), "-r", "permanent_http_4xx", "--json"
+    )
+    assert found.exit_code == 0, found.output
+    assert [i["id"] for i in json.loads(found.stdout)["items"]] == [refused.id]

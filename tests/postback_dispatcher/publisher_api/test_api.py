@@ -73,11 +73,13 @@ async def test_settings_round_trip_with_masked_token(api: httpx.AsyncClient, db:
     body = saved.json()
     assert body["configured"] is True
     assert body["url_template"] == template
-    assert body["security_token"] == "tok***987"
+    assert body["security_token"] == "****_987"
     assert "supersecret" not in saved.text
-    assert body["example_url"] == "https://yourdomain.com/postback?click_id=abc123xyz&token=***"
+    assert (
+        body["example_url"] == "https://yourdomain.com/postback?click_id=abc123xyz&token=****_987"
+    )
     again = await api.get("/api/v1/me/postback", headers=key(publisher))
-    assert again.json()["security_token"] == "tok***987"
+    assert again.json()["security_token"] == "****_987"
     assert "supersecret" not in again.text
     row = await _saved(db, publisher.id)
     assert row is not None and row.security_token == "tok_supersecret_987"
@@ -172,7 +174,7 @@ async def test_test_postback_reaches_the_receiver_marked_signed_and_logged(
     assert result["latency_ms"] > 0
     assert result["response_excerpt"] == "ok"
     assert token not in response.text
-    assert result["url"].endswith("&t=***")
+    assert result["url"].endswith("&t=****_555")
     [received] = receiver.matching("/pb")
     assert received.query == {
         "cid": "abc123xyz",
@@ -354,3 +356,18 @@ async def test_a_publisher_never_sees_or_changes_another_publishers_data(
         headers=key(bob),
     )
     assert preview.json()["url"] == f"https://t.example/?p={bob.id}&c=12345"
+
+
+async def test_attempt_filters_accept_only_known_outcomes_and_triggers(
+    api: httpx.AsyncClient, db: Db
+) -> None:
+    publisher = await create_publisher(db)
+    for params in ({"outcome": "ok"}, {"trigger": "manual"}, {"outcome": "Delivered"}):
+        response = await api.get("/api/v1/me/postbacks", params=params, headers=key(publisher))
+        assert response.status_code == 422, (params, response.text)
+    good = await api.get(
+        "/api/v1/me/postbacks",
+        params={"outcome": "delivered", "trigger": "test"},
+        headers=key(publisher),
+    )
+    assert good.status_code == 200

@@ -62,11 +62,11 @@ async def test_publisher_edits_checks_saves_and_tests_their_postback(
     await page.get_by_label("Security token (optional)").fill("tok_browser_secret_42")
     await expect(page.locator("#template-error")).to_be_hidden()
     await expect(page.locator("#preview-url")).to_have_text(
-        f"{receiver.base_url}/pb?cid=abc123xyz&payout=0.50&pub={publisher.id}&token=***"
+        f"{receiver.base_url}/pb?cid=abc123xyz&payout=0.50&pub={publisher.id}&token=****t_42"
     )
     await page.get_by_role("button", name="Save settings").click()
     await expect(page.locator("#notice")).to_contain_text("saved")
-    await expect(page.locator("#token-hint")).to_contain_text("tok***_42")
+    await expect(page.locator("#token-hint")).to_contain_text("****t_42")
 
     await page.get_by_role("button", name="Send test postback").click()
     await expect(page.locator("#test-status")).to_have_text("HTTP 200")
@@ -107,7 +107,9 @@ async def test_operator_reviews_and_replays_a_dead_letter_which_is_delivered(
     row = await insert_dead_letter(
         db, publisher_id=publisher.id, payout="1.75", attempts=3, external_id="ext-replay-1"
     )
-    await insert_dead_letter(db, publisher_id=publisher.id, payout="0.40", reason="permanent")
+    await insert_dead_letter(
+        db, publisher_id=publisher.id, payout="0.40", reason="permanent_http_4xx"
+    )
 
     await page.goto(f"{portal_url}/operator/dead-letters")
     await expect(page).to_have_url(f"{portal_url}/operator/login")

@@ -16,18 +16,19 @@ from decimal import Decimal
 from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postback_core.db.models import DeadLetter, DeliveryAttempt
+from postback_core.db.models import DeadLetter, DeliveryAttempt, PostbackSettings
+from postback_core.enums import DeadLetterReason, DeadLetterState
 
-OPEN = "dead"
-REPLAYED = "replayed"
-PURGED = "purged"
+OPEN = DeadLetterState.DEAD
+REPLAYED = DeadLetterState.REPLAYED
+PURGED = DeadLetterState.PURGED
 
 
 @dataclass(frozen=True)
 class DeadLetterFilters:
     publisher_id: int | None = None
     offer_id: int | None = None
-    reason: str | None = None
+    reason: DeadLetterReason | None = None
     last_status: int | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -94,6 +95,14 @@ class DeadLetterRepository:
 
     async def get(self, dead_letter_id: int) -> DeadLetter | None:
         return await self.session.get(DeadLetter, dead_letter_id)
+
+    async def security_token(self, publisher_id: int) -> str | None:
+        """The publisher's current token, to mask it in what is shown."""
+        return await self.session.scalar(
+            select(PostbackSettings.security_token).where(
+                PostbackSettings.publisher_id == publisher_id
+            )
+        )
 
     async def attempts_for_conversion(self, conversion_id: int) -> Sequence[DeliveryAttempt]:
         stmt = (

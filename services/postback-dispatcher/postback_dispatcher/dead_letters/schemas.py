@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from postback_core.contracts import IdString
+from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeadLetterState
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
+MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints: a larger one is a 422, not a 500
 
 
 class DeadLetterFilterFields(BaseModel):
@@ -19,9 +21,9 @@ class DeadLetterFilterFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    publisher_id: int | None = Field(None, ge=1)
-    offer_id: int | None = Field(None, ge=1)
-    reason: str | None = Field(None, max_length=50)
+    publisher_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
+    offer_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
+    reason: DeadLetterReason | None = Field(None, description="one of the stored reasons")
     last_status: int | None = Field(None, ge=0, le=999)
     since: datetime | None = Field(None, description="dead_at at or after this time")
     until: datetime | None = Field(None, description="dead_at before this time")
@@ -75,15 +77,15 @@ class DeadLetterItem(BaseModel):
     first_attempt_at: datetime | None
     last_attempt_at: datetime | None
     dead_at: datetime
-    reason: str
+    reason: DeadLetterReason
 
 
 class AttemptItem(BaseModel):
     id: int
     sequence: int
     attempt_no: int
-    trigger: str
-    outcome: str
+    trigger: AttemptTrigger
+    outcome: AttemptOutcome
     url: str | None
     http_status: int | None
     duration_ms: float | None
@@ -96,7 +98,7 @@ class AttemptItem(BaseModel):
 class DeadLetterDetail(DeadLetterItem):
     event_id: str | None
     sequence: int
-    state: str
+    state: DeadLetterState
     replayed_at: datetime | None
     history: Any | None = Field(description="the history carried by the dead-lettered message")
     attempt_history: list[AttemptItem]
@@ -109,7 +111,7 @@ class DeadLetterPage(BaseModel):
 
 class ReplayAccepted(BaseModel):
     id: int
-    state: str
+    state: DeadLetterState
     sequence: int = Field(description="the new delivery sequence the replay starts")
 
 

@@ -12,15 +12,19 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from postback_core.db.base import unit_of_work
 from postback_core.db.models import DeadLetter, DeliveryAttempt
+from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeadLetterState
+from postback_core.security import mask_in_text
 from postback_dispatcher.dead_letters import schemas
 from postback_dispatcher.dead_letters.publisher import PublishError, ReplayPublisher, replay_headers
 from postback_dispatcher.dead_letters.repository import (
     OPEN,
+    PURGED,
     ClaimedDeadLetter,
     DeadLetterFilters,
     DeadLetterRepository,
@@ -43,7 +47,23 @@ class BrokerUnavailable(RuntimeError):
     pass
 
 
-def to_item(row: DeadLetter) -> schemas.DeadLetterItem:
+def _masked(text: str | None, token: str | None) -> str | None:
+    return mask_in_text(text, token) if text else text
+
+
+def _masked_json(value: Any, token: str | None) -> Any:
+    """Every string in the stored history, masked like the columns."""
+    if isinstance(value, str):
+        return _masked(value, token)
+    if isinstance(value, list):
+        return [_masked_json(v, token) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked_json(v, token) for k, v in value.items()}
+    return value
+
+
+def to_item(row: DeadLetter, token: str | None = None) -> schemas.DeadLetterItem:
+    """As shown: masked again on the way out (rows stored before masking covered userinfo)."""
     return schemas.DeadLetterItem(
         id=row.id,
         conversion_id=row.conversion_id,
@@ -51,30 +71,30 @@ def to_item(row: DeadLetter) -> schemas.DeadLetterItem:
         publisher_id=row.publisher_id,
         offer_id=row.offer_id,
         payout=row.payout,
-        url=row.url_masked,
+        url=_masked(row.url_masked, token),
         attempts=row.attempts,
         last_status=row.last_status,
-        last_error=row.last_error,
+        last_error=_masked(row.last_error, token),
         first_attempt_at=row.first_attempt_at,
         last_attempt_at=row.last_attempt_at,
         dead_at=row.dead_at,
-        reason=row.reason,
+        reason=DeadLetterReason(row.reason),
     )
 
 
-def to_attempt(row: DeliveryAttempt) -> schemas.AttemptItem:
+def to_attempt(row: DeliveryAttempt, token: str | None = None) -> schemas.AttemptItem:
     return schemas.AttemptItem(
         id=row.id,
         sequence=row.sequence,
         attempt_no=row.attempt_no,
-        trigger=row.trigger,
-        outcome=row.outcome,
-        url=row.url_masked,
+        trigger=AttemptTrigger(row.trigger),
+        outcome=AttemptOutcome(row.outcome),
+        url=_masked(row.url_masked, token),
         http_status=row.http_status,
         duration_ms=float(row.duration_ms) if row.duration_ms is not None else None,
         error_class=row.error_class,
-        error_message=row.error_message,
-        response_excerpt=row.response_excerpt,
+        error_message=_masked(row.error_message, token),
+        response_excerpt=_masked(row.response_excerpt, token),
         created_at=row.created_at,
     )
 
@@ -92,21 +112,22 @@ async def list_page(
 async def get_detail(session: AsyncSession, dead_letter_id: int) -> schemas.DeadLetterDetail:
     repo = DeadLetterRepository(session)
     row = await repo.get(dead_letter_id)
-    if row is None or row.state == "purged":
+    if row is None or row.state == PURGED:
         raise DeadLetterNotFound(dead_letter_id)
     attempts = (
         await repo.attempts_for_conversion(row.conversion_id)
         if row.conversion_id is not None
         else []
     )
+    token = await repo.security_token(row.publisher_id) if row.publisher_id else None
     return schemas.DeadLetterDetail(
-        **to_item(row).model_dump(),
+        **to_item(row, token).model_dump(),
         event_id=str(row.event_id) if row.event_id else None,
         sequence=row.sequence,
-        state=row.state,
+        state=DeadLetterState(row.state),
         replayed_at=row.replayed_at,
-        history=row.history,
-        attempt_history=[to_attempt(a) for a in attempts],
+        history=_masked_json(row.history, token),
+        attempt_history=[to_attempt(a, token) for a in attempts],
     )
 
 
@@ -125,7 +146,7 @@ async def replay_one(
     async with unit_of_work(sessionmaker) as session:
         repo = DeadLetterRepository(session)
         row = await repo.get(dead_letter_id)
-        if row is None or row.state == "purged":
+        if row is None or row.state == PURGED:
             raise DeadLetterNotFound(dead_letter_id)
         if row.payload is None:
             raise DeadLetterConflict("this dead letter has no stored event to replay")
@@ -140,7 +161,9 @@ async def replay_one(
         async with unit_of_work(sessionmaker) as session:
             await DeadLetterRepository(session).reopen([claimed.id])
         raise BrokerUnavailable(str(exc)) from exc
-    return schemas.ReplayAccepted(id=claimed.id, state="replayed", sequence=claimed.sequence + 1)
+    return schemas.ReplayAccepted(
+        id=claimed.id, state=DeadLetterState.REPLAYED, sequence=claimed.sequence + 1
+    )
 
 
 async def dry_run_totals(
@@ -206,7 +229,7 @@ async def replay_matching(
 async def purge_one(session: AsyncSession, dead_letter_id: int) -> None:
     repo = DeadLetterRepository(session)
     row = await repo.get(dead_letter_id)
-    if row is None or row.state == "purged":
+    if row is None or row.state == PURGED:
         raise DeadLetterNotFound(dead_letter_id)
     if row.state != OPEN or not await repo.purge(dead_letter_id):
         raise DeadLetterConflict("only an open dead letter can be purged (this one was replayed)")

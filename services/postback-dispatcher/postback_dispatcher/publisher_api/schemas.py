@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from postback_core.enums import AttemptOutcome, AttemptTrigger
 from postback_core.macros import MAX_TEMPLATE_LENGTH
 from postback_core.postback_settings import MAX_SECURITY_TOKEN_LENGTH
 
@@ -73,8 +74,8 @@ class TestPostbackResult(BaseModel):
 class PostbackAttempt(BaseModel):
     id: int
     conversion_id: int | None
-    trigger: str
-    outcome: str
+    trigger: AttemptTrigger
+    outcome: AttemptOutcome
     sequence: int
     attempt_no: int
     url: str | None
@@ -97,5 +98,5 @@ class PostbackAttemptQuery(BaseModel):
     limit: int = Field(25, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
     status: int | None = Field(None, ge=0, le=999, description="HTTP status")
-    outcome: str | None = Field(None, max_length=20, description="delivered, retry, dead, …")
-    trigger: str | None = Field(None, max_length=10, description="first, retry, replay, test")
+    outcome: AttemptOutcome | None = None
+    trigger: AttemptTrigger | None = None

@@ -14,13 +14,14 @@ from collections import deque
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postback_core.db.models import DeliveryAttempt, PostbackSettings
+from postback_core.enums import AttemptOutcome, AttemptTrigger
 from postback_core.macros import EXAMPLE_VALUES, TemplateError
 from postback_core.postback_settings import (
     PostbackSettingsUpdate,
     save_postback_settings,
     template_warnings,
 )
-from postback_core.security import mask_in_text, mask_secret
+from postback_core.security import mask_in_text, mask_secret, restore_masked_credentials
 from postback_dispatcher.pagination import decode_id_cursor, encode_cursor
 from postback_dispatcher.publisher_api import schemas
 from postback_dispatcher.publisher_api.repository import PublisherRepository
@@ -67,7 +68,7 @@ def example_values(publisher_id: int, security_token: str | None) -> dict[str, s
 
 def masked_example_url(publisher_id: int, template: str, security_token: str | None) -> str:
     url = render_postback_url(template, example_values(publisher_id, security_token))
-    return mask_in_text(url, security_token)
+    return mask_in_text(url, security_token, url=url)
 
 
 def settings_view(publisher_id: int, row: PostbackSettings | None) -> schemas.MyPostbackSettings:
@@ -89,7 +90,7 @@ def settings_view(publisher_id: int, row: PostbackSettings | None) -> schemas.My
     return schemas.MyPostbackSettings(
         publisher_id=publisher_id,
         configured=True,
-        url_template=row.url_template,
+        url_template=mask_in_text(row.url_template),
         security_token=mask_secret(row.security_token),
         has_security_token=bool(row.security_token),
         example_url=masked_example_url(publisher_id, row.url_template, row.security_token),
@@ -162,7 +163,12 @@ async def send_test(
     """Fire one real postback with example values, marked as a test, and log it."""
     repo = PublisherRepository(session)
     saved = await repo.settings(publisher_id)
-    template = request.url_template or (saved.url_template if saved else None)
+    stored_template = saved.url_template if saved else None
+    template = (
+        restore_masked_credentials(request.url_template, stored_template)
+        if request.url_template
+        else stored_template
+    )
     if not template:
         raise NoPostbackUrl("no postback URL saved yet: save one or send url_template")
     token = (
@@ -178,9 +184,16 @@ async def send_test(
         return postback_headers(test_id, hop_url, token) | {TEST_HEADER: "1"}
 
     result = await sender.send(url, headers_for(url), headers_for=headers_for)
-    excerpt = result.response_excerpt[:EXCERPT_CHARS] if result.response_excerpt else None
-    masked_url = mask_in_text(url, token)
-    error_message = mask_in_text(result.error_message, token) if result.error_message else None
+    # The sender cut the body: a secret may be left half-shown at the cut.
+    excerpt = (
+        mask_in_text(result.response_excerpt, token, url=url, cut=True)
+        if result.response_excerpt
+        else None
+    )
+    # Masked before this cut, so none is left half-shown here.
+    excerpt = excerpt[:EXCERPT_CHARS] if excerpt else None
+    masked_url = mask_in_text(url, token, url=url)
+    error_message = _masked(result.error_message, token, url)
     attempt = await repo.record_attempt(
         DeliveryAttempt(
             conversion_id=None,
@@ -188,8 +201,8 @@ async def send_test(
             publisher_id=publisher_id,
             sequence=0,
             attempt_no=1,
-            trigger="test",
-            outcome="delivered" if result.ok else "failed",
+            trigger=AttemptTrigger.TEST,
+            outcome=AttemptOutcome.DELIVERED if result.ok else AttemptOutcome.FAILED,
             url_masked=masked_url,
             http_status=result.status,
             duration_ms=result.duration_ms,
@@ -210,20 +223,25 @@ async def send_test(
     )
 
 
-def to_attempt(row: DeliveryAttempt) -> schemas.PostbackAttempt:
+def _masked(text: str | None, token: str | None, url: str | None = None) -> str | None:
+    return mask_in_text(text, token, url=url) if text else text
+
+
+def to_attempt(row: DeliveryAttempt, token: str | None = None) -> schemas.PostbackAttempt:
+    """One attempt as shown; the current token is masked again in rows logged before masking."""
     return schemas.PostbackAttempt(
         id=row.id,
         conversion_id=row.conversion_id,
-        trigger=row.trigger,
-        outcome=row.outcome,
+        trigger=AttemptTrigger(row.trigger),
+        outcome=AttemptOutcome(row.outcome),
         sequence=row.sequence,
         attempt_no=row.attempt_no,
-        url=row.url_masked,
+        url=_masked(row.url_masked, token),
         http_status=row.http_status,
         latency_ms=float(row.duration_ms) if row.duration_ms is not None else None,
         error_class=row.error_class,
-        error_message=row.error_message,
-        response_excerpt=row.response_excerpt,
+        error_message=_masked(row.error_message, token),
+        response_excerpt=_masked(row.response_excerpt, token),
         created_at=row.created_at,
     )
 
@@ -232,7 +250,10 @@ async def recent_postbacks(
     session: AsyncSession, publisher_id: int, query: schemas.PostbackAttemptQuery
 ) -> schemas.PostbackAttemptPage:
     before_id = decode_id_cursor(query.cursor) if query.cursor else None
-    rows = await PublisherRepository(session).recent_attempts(
+    repo = PublisherRepository(session)
+    saved = await repo.settings(publisher_id)
+    token = saved.security_token if saved else None
+    rows = await repo.recent_attempts(
         publisher_id,
         limit=query.limit,
         before_id=before_id,
@@ -242,4 +263,6 @@ async def recent_postbacks(
     )
     page = rows[: query.limit]
     next_cursor = encode_cursor(page[-1].id) if len(rows) > query.limit else None
-    return schemas.PostbackAttemptPage(items=[to_attempt(r) for r in page], next_cursor=next_cursor)
+    return schemas.PostbackAttemptPage(
+        items=[to_attempt(r, token) for r in page], next_cursor=next_cursor
+    )

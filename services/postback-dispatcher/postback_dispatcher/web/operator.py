@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import ValidationError
 
 from postback_core.db.base import unit_of_work
+from postback_core.enums import DeadLetterReason, SessionKind
 from postback_core.security import secrets_equal
 from postback_dispatcher.dead_letters import schemas as dl_schemas
 from postback_dispatcher.dead_letters import service as dl_service
@@ -20,37 +21,31 @@ from postback_dispatcher.pagination import CursorError
 from postback_dispatcher.web.sessions import (
     CSRF_FIELD,
     PRE_SESSION_COOKIE,
-    SessionCookies,
     csrf_ok,
     fingerprint,
-    new_csrf_token,
     same_origin,
+    store,
 )
 from postback_dispatcher.web.templating import login_form, templates
 
 COOKIE = "pb_operator"
 PAGE_SIZE = 25
 FILTER_FIELDS = ("publisher_id", "offer_id", "reason", "last_status", "since", "until")
-KNOWN_REASONS = ("exhausted", "permanent", "ssrf_blocked", "invalid_url", "poison")
+REASONS = tuple(reason.value for reason in DeadLetterReason)
 
 router = APIRouter(prefix="/operator", include_in_schema=False)
 
 
-def _cookies(request: Request) -> SessionCookies:
-    cookies: SessionCookies = request.app.state.session_cookies
-    return cookies
+def _admin_fingerprint(request: Request, runtime: Runtime) -> str:
+    return fingerprint(store(request).secret, runtime.settings.admin_token)
 
 
-def _operator_csrf(request: Request, runtime: Runtime) -> str | None:
-    """The session's CSRF token when signed in with the current admin token, else None."""
-    cookies = _cookies(request)
-    data = cookies.read(request, COOKIE)
-    if not data:
+async def _operator_csrf(request: Request, runtime: Runtime) -> str | None:
+    """The live session's CSRF token when signed in with the current admin token, else None."""
+    live = await store(request).current(request, COOKIE, SessionKind.OPERATOR)
+    if live is None or not secrets_equal(live.credential, _admin_fingerprint(request, runtime)):
         return None
-    expected = fingerprint(cookies.secret, runtime.settings.admin_token)
-    if not secrets_equal(str(data.get("op", "")), expected):
-        return None
-    return str(data.get("csrf", ""))
+    return live.csrf_token
 
 
 def _to_login() -> RedirectResponse:
@@ -86,7 +81,7 @@ def _login_form(request: Request, error: str | None = None, status: int = 200) -
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, runtime: Runtime) -> Response:
-    if _operator_csrf(request, runtime):
+    if await _operator_csrf(request, runtime):
         return RedirectResponse("/operator/dead-letters", status_code=303)
     return _login_form(request)
 
@@ -100,13 +95,13 @@ async def login(request: Request, runtime: Runtime) -> Response:
         return _login_form(request, "Your sign-in form expired. Please try again.", 403)
     if not secrets_equal(str(form.get("admin_token", "")).strip(), runtime.settings.admin_token):
         return _login_form(request, "That admin token is not valid.", 401)
-    cookies = _cookies(request)
     response = RedirectResponse("/operator/dead-letters", status_code=303)
-    cookies.write(
+    await store(request).start(
         request,
         response,
         COOKIE,
-        {"op": fingerprint(cookies.secret, runtime.settings.admin_token), "csrf": new_csrf_token()},
+        kind=SessionKind.OPERATOR,
+        credential=_admin_fingerprint(request, runtime),
     )
     response.delete_cookie(PRE_SESSION_COOKIE, path="/")
     return response
@@ -114,12 +109,12 @@ async def login(request: Request, runtime: Runtime) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, runtime: Runtime) -> Response:
-    csrf = _operator_csrf(request, runtime)
+    csrf = await _operator_csrf(request, runtime)
     form = await request.form()
     if csrf is not None and not csrf_ok(csrf, str(form.get(CSRF_FIELD, ""))):
         return _forbidden()
     response = RedirectResponse("/operator/login", status_code=303)
-    SessionCookies.clear(response, COOKIE)
+    await store(request).end(request, response, COOKIE)
     return response
 
 
@@ -146,7 +141,7 @@ def _notice(request: Request) -> str | None:
 
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letters_page(request: Request, runtime: Runtime) -> Response:
-    csrf = _operator_csrf(request, runtime)
+    csrf = await _operator_csrf(request, runtime)
     if csrf is None:
         return _to_login()
     values = _filter_values(request.query_params)
@@ -179,18 +174,20 @@ async def dead_letters_page(request: Request, runtime: Runtime) -> Response:
         "filters": values,
         "filter_query": urlencode(values),
         "filter_error": filter_error,
-        "reasons": KNOWN_REASONS,
+        "reasons": REASONS,
         "next_url": next_url,
         "is_first_page": cursor is None,
         "notice": _notice(request),
         "error": request.query_params.get("error"),
     }
-    return templates.TemplateResponse(request, "operator_dead_letters.html", context)
+    return templates.TemplateResponse(
+        request, "operator_dead_letters.html", context, status_code=422 if filter_error else 200
+    )
 
 
 @router.get("/dead-letters/{dead_letter_id}", response_class=HTMLResponse)
 async def dead_letter_page(dead_letter_id: int, request: Request, runtime: Runtime) -> Response:
-    csrf = _operator_csrf(request, runtime)
+    csrf = await _operator_csrf(request, runtime)
     if csrf is None:
         return _to_login()
     async with unit_of_work(runtime.sessionmaker) as session:
@@ -223,7 +220,7 @@ def _back_to_list(back: str, **params: object) -> RedirectResponse:
 
 
 async def _checked_form(request: Request, runtime: Runtime) -> dict[str, str] | Response:
-    csrf = _operator_csrf(request, runtime)
+    csrf = await _operator_csrf(request, runtime)
     if csrf is None:
         return _to_login()
     form = await request.form()
@@ -298,7 +295,7 @@ async def bulk(request: Request, runtime: Runtime) -> Response:
             "operator_bulk_confirm.html",
             {
                 "area": "operator",
-                "csrf_token": _operator_csrf(request, runtime),
+                "csrf_token": await _operator_csrf(request, runtime),
                 "action": action,
                 "totals": totals,
                 "filters": values,

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import ValidationError
 
 from postback_core.db.base import unit_of_work
+from postback_core.enums import SessionKind
 from postback_core.macros import MACROS, TemplateError
 from postback_core.postback_settings import MAX_SECURITY_TOKEN_LENGTH
 from postback_dispatcher.deps import Runtime
@@ -24,10 +25,9 @@ from postback_dispatcher.web.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
     PRE_SESSION_COOKIE,
-    SessionCookies,
     csrf_ok,
-    new_csrf_token,
     same_origin,
+    store,
 )
 from postback_dispatcher.web.templating import login_form, templates
 
@@ -45,23 +45,20 @@ class PublisherSession:
     csrf: str
 
 
-def _cookies(request: Request) -> SessionCookies:
-    cookies: SessionCookies = request.app.state.session_cookies
-    return cookies
+def _key_fingerprint(api_key_hash: str) -> str:
+    return api_key_hash[:16]
 
 
 async def _signed_in(request: Request, runtime: Runtime) -> PublisherSession | None:
-    data = _cookies(request).read(request, COOKIE)
-    if not data or not isinstance(data.get("pid"), int):
+    """The live server-side session of this cookie, while the publisher and key are current."""
+    live = await store(request).current(request, COOKIE, SessionKind.PUBLISHER)
+    if live is None or live.publisher_id is None or not live.publisher_active:
         return None
-    async with unit_of_work(runtime.sessionmaker) as session:
-        publisher = await get_publisher(session, data["pid"])
-    if publisher is None or not publisher.is_active:
-        return None
-    expected = publisher.api_key_hash[:16]
-    if not hmac.compare_digest(str(data.get("kfp", "")), expected):
+    if live.publisher_key_hash is None or not hmac.compare_digest(
+        live.credential, _key_fingerprint(live.publisher_key_hash)
+    ):
         return None  # the key was rotated: this session ends
-    return PublisherSession(publisher.id, publisher.name, str(data.get("csrf", "")))
+    return PublisherSession(live.publisher_id, live.publisher_name or "", live.csrf_token)
 
 
 def _to_login() -> RedirectResponse:
@@ -101,13 +98,16 @@ async def login(request: Request, runtime: Runtime) -> Response:
         return _login_form(request, "That API key is not valid for an active publisher.", 401)
     async with unit_of_work(runtime.sessionmaker) as session:
         row = await get_publisher(session, publisher.id)
-    assert row is not None
+    if row is None:
+        return _login_form(request, "That API key is not valid for an active publisher.", 401)
     response = RedirectResponse("/portal/postback", status_code=303)
-    _cookies(request).write(
+    await store(request).start(
         request,
         response,
         COOKIE,
-        {"pid": publisher.id, "kfp": row.api_key_hash[:16], "csrf": new_csrf_token()},
+        kind=SessionKind.PUBLISHER,
+        publisher_id=publisher.id,
+        credential=_key_fingerprint(row.api_key_hash),
     )
     response.delete_cookie(PRE_SESSION_COOKIE, path="/")
     return response
@@ -120,7 +120,7 @@ async def logout(request: Request, runtime: Runtime) -> Response:
     if me is not None and not csrf_ok(me.csrf, str(form.get(CSRF_FIELD, ""))):
         return _forbidden()
     response = RedirectResponse("/portal/login", status_code=303)
-    SessionCookies.clear(response, COOKIE)
+    await store(request).end(request, response, COOKIE)
     return response
 
 

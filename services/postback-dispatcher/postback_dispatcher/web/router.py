@@ -7,14 +7,16 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from postback_dispatcher.web import operator, portal
-from postback_dispatcher.web.sessions import SessionCookies, session_secret
+from postback_dispatcher.web.sessions import SessionStore, session_secret
 from postback_dispatcher.web.templating import WEB_DIR
 
 
 def install(app: FastAPI) -> None:
     settings = app.state.runtime.settings
-    app.state.session_cookies = SessionCookies(
-        session_secret(settings.session_secret, settings.admin_token)
+    app.state.session_store = SessionStore(
+        app.state.runtime.sessionmaker,
+        session_secret(settings.session_secret, settings.admin_token),
+        settings.trusted_proxies,
     )
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
     app.include_router(portal.router)
