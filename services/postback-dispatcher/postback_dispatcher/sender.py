@@ -87,9 +87,11 @@ def parse_retry_after(value: str | None) -> float | None:
 class _RedirectingSender:
     """The part every client shares: SSRF vetting and hand-followed redirects.
 
-    A subclass does one hop (``_fetch``): either the answer as
-    ``(status, excerpt, location, retry_after)`` or an error as
-    ``(error_class, message)`` in an ``_Error``.
+    A subclass does one hop (``_fetch``) within the seconds it is given: either the
+    answer as ``(status, excerpt, location, retry_after)`` or an error as
+    ``(error_class, message)`` in an ``_Error``. One deadline covers the whole send,
+    every hop and its DNS lookup included, so a chain of slow redirects can't hold a
+    consumer for a multiple of the timeout.
     """
 
     def __init__(self, *, guard: TargetGuard, max_redirects: int, timeout_seconds: float) -> None:
@@ -98,7 +100,7 @@ class _RedirectingSender:
         self._timeout_seconds = timeout_seconds
 
     async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
+        self, target: URL, headers: Mapping[str, str], seconds: float
     ) -> tuple[int, str | None, str | None, float | None] | _Error:
         raise NotImplementedError
 
@@ -106,20 +108,29 @@ class _RedirectingSender:
         self, url: str, headers: Mapping[str, str], *, headers_for: HeadersForUrl | None = None
     ) -> SendResult:
         started = time.perf_counter()
+        deadline = started + self._timeout_seconds
         current = url
         hop_headers = headers
         for hop in range(self._max_redirects + 1):
+            seconds = deadline - time.perf_counter()
+            if seconds <= 0:
+                return _result(
+                    started,
+                    current,
+                    error_class="Timeout",
+                    error_message=f"no final answer in {self._timeout_seconds:g}s",
+                )
             try:
                 target = URL(current, encoded=True)
-                # A resolver that never answers must not outlast the request timeout.
-                await self._guard.vet(target, resolve_seconds=self._timeout_seconds)
+                # A resolver that never answers must not outlast the request deadline.
+                await self._guard.vet(target, resolve_seconds=seconds)
             except SSRFBlocked as exc:
                 return _result(started, current, error_class="SSRFBlocked", error_message=str(exc))
             except DNSFailure as exc:
                 return _result(started, current, error_class="DNSError", error_message=str(exc))
             except (InvalidTarget, ValueError) as exc:
                 return _result(started, current, error_class="InvalidURL", error_message=str(exc))
-            answer = await self._fetch(target, hop_headers)
+            answer = await self._fetch(target, hop_headers, deadline - time.perf_counter())
             if isinstance(answer, _Error):
                 return _result(
                     started, current, error_class=answer.error_class, error_message=answer.message
@@ -204,7 +215,6 @@ class Http1PostbackSender(_RedirectingSender):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
-        self._timeout = timeout_seconds
         # The client may only connect where the guard has vetted.
         self._client = Http1Client(
             resolve=guard.addresses if guard.enabled else None,
@@ -213,10 +223,10 @@ class Http1PostbackSender(_RedirectingSender):
         )
 
     async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
+        self, target: URL, headers: Mapping[str, str], seconds: float
     ) -> tuple[int, str | None, str | None, float | None] | _Error:
         try:
-            reply = await self._client.get(target, headers, self._timeout)
+            reply = await self._client.get(target, headers, seconds)
         except TimeoutError:
             return _Error("Timeout", "no response in time")
         except ConnectError as exc:
@@ -255,7 +265,6 @@ class AiohttpPostbackSender(_RedirectingSender):
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
         super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -272,7 +281,6 @@ class AiohttpPostbackSender(_RedirectingSender):
                 connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=30)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=self._timeout,
                 # Never carry cookies from one publisher's endpoint to another.
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=True,
@@ -281,12 +289,15 @@ class AiohttpPostbackSender(_RedirectingSender):
         return self._session
 
     async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
+        self, target: URL, headers: Mapping[str, str], seconds: float
     ) -> tuple[int, str | None, str | None, float | None] | _Error:
         session = self._get_session()
         try:
             async with session.get(
-                target, headers=dict(headers), allow_redirects=False
+                target,
+                headers=dict(headers),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=max(seconds, 0.001)),
             ) as response:
                 body = await response.content.read(EXCERPT_BYTES)
                 status = response.status

@@ -213,7 +213,7 @@ class TargetGuard:
             async with asyncio.timeout(resolve_seconds):
                 resolved = await self._resolve(host, port)
         except TimeoutError as exc:
-            raise DNSFailure(f"no DNS answer for {host} in {resolve_seconds}s") from exc
+            raise DNSFailure(f"no DNS answer for {host} in {resolve_seconds:.2g}s") from exc
         except (OSError, UnicodeError) as exc:
             raise DNSFailure(f"cannot resolve {host}: {exc}") from exc
         if not resolved:
