@@ -34,6 +34,7 @@ from tests.support.servers import free_port
 
 TIMEOUT = 1.0  # the sender's request timeout in these tests
 SLACK = 2.5  # scheduling slack on a loaded machine, on top of the timeout
+HOP_SECONDS = 0.6  # one slow redirect hop: under the timeout alone, not twice
 MEMORY_BOUND = 4 << 20  # what the client may allocate while a receiver floods it
 BOMB_BYTES = 200 << 20  # what a flooding receiver tries to send
 HEADERS = {"User-Agent": "postback-test", "X-Postback-Id": "pb-hostile"}
@@ -244,6 +245,51 @@ async def slow_header(h: Harness) -> None:
     assert_bounded(result)
 
 
+async def slow_redirect_chain(h: Harness) -> None:
+    """Each hop answers within the timeout, the chain does not: one deadline for the send."""
+
+    async def behaviour(server: HostileServer, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            await asyncio.sleep(HOP_SECONDS)
+            head = f"HTTP/1.1 302 Found\r\nLocation: /hop{server.requests}\r\n"
+            await server.send(writer, head.encode() + b"Content-Length: 0\r\n\r\n")
+
+    chain = HostileServer(behaviour)
+    async with chain as url:
+        result = await h.sender().send(url + "/hop0", HEADERS)
+    # Four hops of 0.6 s would take 2.4 s: the deadline cuts the second one.
+    assert result.error_class == "Timeout" and result.status is None, result
+    assert result.final_url.endswith("/hop1"), result
+    assert chain.requests == 2
+    assert_bounded(result)
+
+
+async def slow_dns_redirect_chain(h: Harness) -> None:
+    """Each hop's DNS lookup answers within the timeout, the chain of them does not."""
+
+    async def slow_resolve(host: str, port: int) -> list[tuple[str, int]]:
+        await asyncio.sleep(HOP_SECONDS)
+        return [("127.0.0.1", socket.AF_INET)]
+
+    async def behaviour(server: HostileServer, reader: Reader, writer: Writer) -> None:
+        while True:
+            await server.read_request(reader)
+            location = f"http://hop{server.requests}.example:{server.port}/pb"
+            head = f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            await server.send(writer, head.encode())
+
+    chain = HostileServer(behaviour)
+    async with chain as url:
+        sender = h.sender(h.guard(slow_resolve, [chain.port]))
+        result = await sender.send(url + "/pb", HEADERS)
+    # Three lookups of 0.6 s would take 1.8 s: the deadline cuts the second one.
+    assert result.error_class == "DNSError" and result.status is None, result
+    assert result.final_url.startswith("http://hop2.example:"), result
+    assert chain.requests == 2
+    assert_bounded(result)
+
+
 # -- broken answers ----------------------------------------------------------------------
 
 
@@ -427,6 +473,8 @@ CASES: list[Callable[[Harness], Awaitable[None]]] = [
     gzip_bomb,
     slow_drip,
     slow_header,
+    slow_redirect_chain,
+    slow_dns_redirect_chain,
     pipelined_junk_after_a_complete_answer,
     invalid_status_line,
     no_status_line,

@@ -1,28 +1,18 @@
-"""The SSRF guard, switched on, against the real senders and real loopback servers.
-
-Every test runs with the dispatcher's lean client and with the aiohttp reference.
-"""
+"""The SSRF guard, switched on, against the dispatcher's sender and real loopback servers."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
 
 import pytest
 from aiohttp import web
 
-from postback_dispatcher.sender import AiohttpPostbackSender, Http1PostbackSender
+from postback_dispatcher.sender import Http1PostbackSender
 from postback_dispatcher.ssrf import TargetGuard, forbidden_reason, system_resolve
 from tests.support.servers import Receiver
 
 HEADERS = {"X-Postback-Id": "t"}
-SENDERS = [Http1PostbackSender, AiohttpPostbackSender]
-
-
-@pytest.fixture(params=SENDERS, ids=["http1", "aiohttp"])
-def sender_class(request: pytest.FixtureRequest) -> Any:
-    return request.param
 
 
 @pytest.mark.parametrize(
@@ -43,8 +33,8 @@ def sender_class(request: pytest.FixtureRequest) -> Any:
         "http://[64:ff9b::a00:1]/",
     ],
 )
-async def test_non_global_targets_are_refused(url: str, sender_class: Any) -> None:
-    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
+async def test_non_global_targets_are_refused(url: str) -> None:
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:
         result = await sender.send(url, HEADERS)
     finally:
@@ -118,8 +108,8 @@ async def test_resolved_hosts_are_remembered_within_a_bound() -> None:
         "http://partner%2eexample/pb",
     ],
 )
-async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
-    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=True))
+async def test_only_http_urls_with_a_host(url: str) -> None:
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:
         result = await sender.send(url, HEADERS)
     finally:
@@ -127,11 +117,11 @@ async def test_only_http_urls_with_a_host(url: str, sender_class: Any) -> None:
     assert result.error_class == "InvalidURL", result
 
 
-async def test_hostname_with_any_private_address_is_refused(sender_class: Any) -> None:
+async def test_hostname_with_any_private_address_is_refused() -> None:
     async def resolve(host: str, port: int) -> list[tuple[str, int]]:
         return [("93.184.216.34", socket.AF_INET), ("10.0.0.5", socket.AF_INET)]
 
-    sender = sender_class(timeout_seconds=2, guard=TargetGuard(resolve=resolve))
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(resolve=resolve))
     try:
         result = await sender.send("http://rebind.example/pb", HEADERS)
     finally:
@@ -139,9 +129,7 @@ async def test_hostname_with_any_private_address_is_refused(sender_class: Any) -
     assert result.error_class == "SSRFBlocked"
 
 
-async def test_connects_to_the_vetted_address_and_rechecks_redirects(
-    receiver: Receiver, sender_class: Any
-) -> None:
+async def test_connects_to_the_vetted_address_and_rechecks_redirects(receiver: Receiver) -> None:
     """A "public" host (resolved by an injected resolver, allow-listed on one port) is
     reached at the address vetted; its redirect to a loopback address is refused."""
     port = int(receiver.base_url.rsplit(":", 1)[1])
@@ -154,7 +142,7 @@ async def test_connects_to_the_vetted_address_and_rechecks_redirects(
         return await system_resolve(host, port_)
 
     guard = TargetGuard(resolve=resolve, allowed_targets=[("127.0.0.1", port)])
-    sender = sender_class(timeout_seconds=2, guard=guard)
+    sender = Http1PostbackSender(timeout_seconds=2, guard=guard)
 
     def responder(request):
         if request.path == "/hop-private":
@@ -184,9 +172,9 @@ async def test_connects_to_the_vetted_address_and_rechecks_redirects(
         await sender.close()
 
 
-async def test_redirects_are_limited_to_three(receiver: Receiver, sender_class: Any) -> None:
+async def test_redirects_are_limited_to_three(receiver: Receiver) -> None:
     receiver.responder = lambda request: web.Response(status=302, headers={"Location": "/again"})
-    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=False))
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=False))
     try:
         result = await sender.send(receiver.base_url + "/start", HEADERS)
     finally:
@@ -195,8 +183,8 @@ async def test_redirects_are_limited_to_three(receiver: Receiver, sender_class: 
     assert len(receiver.requests) == 4
 
 
-async def test_guard_off_allows_loopback(receiver: Receiver, sender_class: Any) -> None:
-    sender = sender_class(timeout_seconds=2, guard=TargetGuard(enabled=False))
+async def test_guard_off_allows_loopback(receiver: Receiver) -> None:
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=False))
     try:
         result = await sender.send(receiver.base_url + "/pb", HEADERS)
     finally:

@@ -2,10 +2,8 @@
 
 Redirects are followed by hand so every hop passes the SSRF guard, and URLs are
 built with ``encoded=True`` so the bytes on the wire are exactly the bytes that
-were signed. ``Http1PostbackSender`` (the lean client in ``http1``, pooled
-keep-alive connections) is what the dispatcher uses; ``AiohttpPostbackSender``
-does the same on aiohttp (docs/http-client-choice.md) and is the reference the
-tests hold the lean one to.
+were signed. ``Http1PostbackSender`` sends with the lean pooled client in
+``http1`` (docs/http-client-choice.md says why and what it bounds).
 """
 
 from __future__ import annotations
@@ -19,17 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 from yarl import URL
 
-from postback_dispatcher.http1 import ConnectError, Http1Client, HTTPError
-from postback_dispatcher.ssrf import (
-    DNSFailure,
-    InvalidTarget,
-    SSRFBlocked,
-    TargetGuard,
-    VettedResolver,
-)
+from postback_dispatcher.http1 import ConnectError, Http1Client, HTTPError, Reply
+from postback_dispatcher.ssrf import DNSFailure, InvalidTarget, SSRFBlocked, TargetGuard
 
 MAX_REDIRECTS = 3
 EXCERPT_BYTES = 2048
@@ -84,54 +75,72 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
-class _RedirectingSender:
-    """The part every client shares: SSRF vetting and hand-followed redirects.
+class Http1PostbackSender:
+    """The dispatcher's sender: SSRF vetting and hand-followed redirects around ``http1``.
 
-    A subclass does one hop (``_fetch``): either the answer as
-    ``(status, excerpt, location, retry_after)`` or an error as
-    ``(error_class, message)`` in an ``_Error``.
+    One deadline covers the whole send, every hop and its DNS lookup included, so a
+    chain of slow redirects can't hold a consumer for a multiple of the timeout.
+    ``ssl_context`` verifies https receivers (default: the system's trusted CAs);
+    tests inject one that trusts their own CA.
     """
 
-    def __init__(self, *, guard: TargetGuard, max_redirects: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        guard: TargetGuard,
+        max_redirects: int = MAX_REDIRECTS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._guard = guard
         self._max_redirects = max_redirects
         self._timeout_seconds = timeout_seconds
-
-    async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
-    ) -> tuple[int, str | None, str | None, float | None] | _Error:
-        raise NotImplementedError
+        # The client may only connect where the guard has vetted.
+        self._client = Http1Client(
+            resolve=guard.addresses if guard.enabled else None,
+            excerpt_bytes=EXCERPT_BYTES,
+            ssl_context=ssl_context,
+        )
 
     async def send(
         self, url: str, headers: Mapping[str, str], *, headers_for: HeadersForUrl | None = None
     ) -> SendResult:
         started = time.perf_counter()
+        deadline = started + self._timeout_seconds
         current = url
         hop_headers = headers
         for hop in range(self._max_redirects + 1):
+            seconds = deadline - time.perf_counter()
+            if seconds <= 0:
+                return _result(
+                    started,
+                    current,
+                    error_class="Timeout",
+                    error_message=f"no final answer in {self._timeout_seconds:g}s",
+                )
             try:
                 target = URL(current, encoded=True)
-                # A resolver that never answers must not outlast the request timeout.
-                await self._guard.vet(target, resolve_seconds=self._timeout_seconds)
+                # A resolver that never answers must not outlast the request deadline.
+                await self._guard.vet(target, resolve_seconds=seconds)
             except SSRFBlocked as exc:
                 return _result(started, current, error_class="SSRFBlocked", error_message=str(exc))
             except DNSFailure as exc:
                 return _result(started, current, error_class="DNSError", error_message=str(exc))
             except (InvalidTarget, ValueError) as exc:
                 return _result(started, current, error_class="InvalidURL", error_message=str(exc))
-            answer = await self._fetch(target, hop_headers)
-            if isinstance(answer, _Error):
+            reply = await self._fetch(target, hop_headers, deadline - time.perf_counter())
+            if isinstance(reply, _Error):
                 return _result(
-                    started, current, error_class=answer.error_class, error_message=answer.message
+                    started, current, error_class=reply.error_class, error_message=reply.message
                 )
-            status, excerpt, location, retry_after = answer
+            status, location = reply.status, reply.location
             if status in REDIRECT_STATUSES and location:
                 if hop == self._max_redirects:
                     return _result(
                         started,
                         current,
                         status=status,
-                        excerpt=excerpt,
+                        excerpt=reply.text_excerpt(EXCERPT_BYTES),
                         error_class="TooManyRedirects",
                         error_message=f"more than {self._max_redirects} redirects",
                     )
@@ -152,11 +161,36 @@ class _RedirectingSender:
                 started,
                 current,
                 status=status,
-                excerpt=excerpt,
+                excerpt=reply.text_excerpt(EXCERPT_BYTES),
                 error_class=None if 200 <= status < 300 else f"HTTP{status}",
-                retry_after=retry_after,
+                retry_after=parse_retry_after(reply.retry_after),
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch(
+        self, target: URL, headers: Mapping[str, str], seconds: float
+    ) -> Reply | _Error:
+        """One hop within ``seconds``: the answer, or why there is none."""
+        try:
+            return await self._client.get(target, headers, seconds)
+        except TimeoutError:
+            return _Error("Timeout", "no response in time")
+        except ConnectError as exc:
+            cause = exc.os_error
+            if isinstance(cause, SSRFBlocked):
+                return _Error("SSRFBlocked", str(cause))
+            if isinstance(cause, DNSFailure | socket.gaierror):
+                return _Error("DNSError", str(cause))
+            return _Error(exc.error_class, str(cause))  # ConnectionError or TLSError
+        except HTTPError as exc:
+            return _Error(exc.error_class, str(exc))
+        except OSError as exc:
+            return _Error(type(exc).__name__, str(exc))
+        except ValueError as exc:  # what the socket layer refuses to look up or connect to
+            return _Error("InvalidURL", str(exc))
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 class _Error:
@@ -186,129 +220,3 @@ def _result(
         retry_after=retry_after,
         final_url=final_url,
     )
-
-
-class Http1PostbackSender(_RedirectingSender):
-    """The dispatcher's sender: the lean pooled client of ``http1`` (see there why).
-
-    ``ssl_context`` verifies https receivers (default: the system's trusted CAs);
-    tests inject one that trusts their own CA.
-    """
-
-    def __init__(
-        self,
-        *,
-        timeout_seconds: float,
-        guard: TargetGuard,
-        max_redirects: int = MAX_REDIRECTS,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
-        self._timeout = timeout_seconds
-        # The client may only connect where the guard has vetted.
-        self._client = Http1Client(
-            resolve=guard.addresses if guard.enabled else None,
-            excerpt_bytes=EXCERPT_BYTES,
-            ssl_context=ssl_context,
-        )
-
-    async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
-    ) -> tuple[int, str | None, str | None, float | None] | _Error:
-        try:
-            reply = await self._client.get(target, headers, self._timeout)
-        except TimeoutError:
-            return _Error("Timeout", "no response in time")
-        except ConnectError as exc:
-            cause = exc.os_error
-            if isinstance(cause, SSRFBlocked):
-                return _Error("SSRFBlocked", str(cause))
-            if isinstance(cause, DNSFailure | socket.gaierror):
-                return _Error("DNSError", str(cause))
-            return _Error(exc.error_class, str(cause))  # ConnectionError or TLSError
-        except HTTPError as exc:
-            return _Error(exc.error_class, str(exc))
-        except OSError as exc:
-            return _Error(type(exc).__name__, str(exc))
-        except ValueError as exc:  # what the socket layer refuses to look up or connect to
-            return _Error("InvalidURL", str(exc))
-        return (
-            reply.status,
-            reply.text_excerpt(EXCERPT_BYTES),
-            reply.location,
-            parse_retry_after(reply.retry_after),
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class AiohttpPostbackSender(_RedirectingSender):
-    """The same on aiohttp (the reference the lean client is tested against)."""
-
-    def __init__(
-        self,
-        *,
-        timeout_seconds: float,
-        guard: TargetGuard,
-        max_connections: int = 0,
-        max_redirects: int = MAX_REDIRECTS,
-    ) -> None:
-        super().__init__(guard=guard, max_redirects=max_redirects, timeout_seconds=timeout_seconds)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if self._guard.enabled:
-                # The connector may only connect where the guard has vetted.
-                connector = aiohttp.TCPConnector(
-                    limit=self._max_connections,
-                    resolver=VettedResolver(self._guard),
-                    use_dns_cache=False,
-                )
-            else:
-                connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                # Never carry cookies from one publisher's endpoint to another.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=True,
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        return self._session
-
-    async def _fetch(
-        self, target: URL, headers: Mapping[str, str]
-    ) -> tuple[int, str | None, str | None, float | None] | _Error:
-        session = self._get_session()
-        try:
-            async with session.get(
-                target, headers=dict(headers), allow_redirects=False
-            ) as response:
-                body = await response.content.read(EXCERPT_BYTES)
-                status = response.status
-                location = response.headers.get("Location")
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError:
-            return _Error("Timeout", "no response in time")
-        except aiohttp.ClientConnectorError as exc:
-            cause = exc.os_error
-            if isinstance(cause, SSRFBlocked):
-                return _Error("SSRFBlocked", str(cause))
-            if isinstance(cause, DNSFailure) or isinstance(exc, aiohttp.ClientConnectorDNSError):
-                return _Error("DNSError", str(cause))
-            return _Error("ConnectionError", str(cause))
-        except aiohttp.InvalidURL as exc:
-            return _Error("InvalidURL", str(exc))
-        except (aiohttp.ClientError, OSError) as exc:
-            return _Error(type(exc).__name__, str(exc))
-        excerpt = body.decode("utf-8", "replace") if body else None
-        return status, excerpt, location, retry_after
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

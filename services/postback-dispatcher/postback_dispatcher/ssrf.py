@@ -2,10 +2,10 @@
 
 Publishers choose their postback URL, so without a guard anyone could make the
 dispatcher call internal services or the cloud metadata endpoint. The guard
-resolves the host itself and refuses any non-global address; the sender then
-connects only to the addresses vetted here (see ``VettedResolver``), so there
-is no window for DNS rebinding between the check and the connection. Every
-redirect hop is vetted again.
+resolves the host itself and refuses any non-global address; the sender's
+client then connects only to the addresses vetted here (``TargetGuard.addresses``
+is its resolver), so there is no window for DNS rebinding between the check
+and the connection. Every redirect hop is vetted again.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -213,7 +211,7 @@ class TargetGuard:
             async with asyncio.timeout(resolve_seconds):
                 resolved = await self._resolve(host, port)
         except TimeoutError as exc:
-            raise DNSFailure(f"no DNS answer for {host} in {resolve_seconds}s") from exc
+            raise DNSFailure(f"no DNS answer for {host} in {resolve_seconds:.2g}s") from exc
         except (OSError, UnicodeError) as exc:
             raise DNSFailure(f"cannot resolve {host}: {exc}") from exc
         if not resolved:
@@ -236,29 +234,3 @@ class TargetGuard:
 
 class DNSFailure(OSError):
     """The host could not be resolved (retryable)."""
-
-
-class VettedResolver(AbstractResolver):
-    """aiohttp resolver that only ever returns addresses the guard has vetted."""
-
-    def __init__(self, guard: TargetGuard) -> None:
-        self._guard = guard
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results: list[ResolveResult] = []
-        for address, fam in await self._guard.addresses(host, port):
-            entry: dict[str, Any] = {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": fam,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            results.append(entry)  # type: ignore[arg-type]
-        return results
-
-    async def close(self) -> None:
-        return None

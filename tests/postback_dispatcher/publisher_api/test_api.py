@@ -234,11 +234,11 @@ async def test_test_postback_with_a_supplied_template_and_a_failing_receiver(
 async def test_test_postbacks_obey_the_ssrf_guard(db: Db) -> None:
     """With the guard on (production default) a test can't reach private addresses."""
     from postback_dispatcher.publisher_api import schemas, service
-    from postback_dispatcher.sender import AiohttpPostbackSender
+    from postback_dispatcher.sender import Http1PostbackSender
     from postback_dispatcher.ssrf import TargetGuard
 
     publisher = await create_publisher(db)
-    sender = AiohttpPostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
+    sender = Http1PostbackSender(timeout_seconds=2, guard=TargetGuard(enabled=True))
     try:
         async with unit_of_work(db) as session:
             result = await service.send_test(
