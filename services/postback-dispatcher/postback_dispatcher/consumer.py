@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -36,11 +37,14 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from postback_core.contracts import ContractError
+from postback_core.contracts import ContractError, OversizedEvent
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.enums import DeadLetterReason
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
+    HEADER_BODY_BYTES,
+    HEADER_BODY_SHA256,
     HEADER_DEAD_REASON,
     HEADER_FIRST_ATTEMPT_AT,
     HEADER_HISTORY,
@@ -78,6 +82,14 @@ from postback_dispatcher.signing import signed_headers as postback_headers
 log = logging.getLogger(__name__)
 
 MAX_HISTORY_ENTRIES = 25
+# Headers travel in one AMQP frame (128 KiB by default): each carried value is
+# cut to this, so a follow-up publish can't fail on the size of what it carries.
+MAX_HEADER_CHARS = 1000
+MAX_CARRIED_HEADERS = 16
+# What is kept of an oversized body in its dead letter (the whole body is not
+# republished; its size and hash travel in headers).
+OVERSIZED_EXCERPT_BYTES = 1024
+MAX_SEQUENCE = 2**31 - 1  # deliveries.sequence is an int column
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_ERRORS = {
     "SSRFBlocked": "ssrf_blocked",
@@ -365,15 +377,13 @@ class PostbackConsumer:
         headers: Mapping[str, Any] = message.headers or {}
         try:
             event = decode_event(message.body)
+            sequence = header_int(headers, HEADER_SEQUENCE)
+            if not 0 <= sequence <= MAX_SEQUENCE:
+                raise ContractError(f"{HEADER_SEQUENCE} header out of range: {sequence}"[:200])
         except ContractError as exc:
-            self.metrics.poison += 1
-            log.warning("poison message dead-lettered: %s", exc.reason[:200])
-            history = {"reason": "poison", "last_error": exc.reason, "attempts": []}
-            await self._publish_dead(message, headers, "poison", history, url_masked=None)
-            self._acks.ack(message)
+            await self._dead_letter_unreadable(message, headers, exc)
             return
 
-        sequence = header_int(headers, HEADER_SEQUENCE)
         key = (event.conversion_id, sequence)
         if key in self._in_flight:
             # A copy of a message this process is working on right now (e.g. the
@@ -598,7 +608,19 @@ class PostbackConsumer:
 
     @staticmethod
     def _carry_headers(headers: Mapping[str, Any], history: dict[str, Any]) -> dict[str, Any]:
-        carried: dict[str, Any] = {k: v for k, v in headers.items() if k.startswith("x-postback-")}
+        """Our own headers for the next hop: known scalars only, each value bounded."""
+        carried: dict[str, Any] = {}
+        for name, value in headers.items():
+            if not name.startswith("x-postback-") or len(name) > 64:
+                continue
+            if len(carried) >= MAX_CARRIED_HEADERS:
+                break
+            if isinstance(value, bytes | bytearray):
+                value = value.decode("utf-8", "replace")
+            if isinstance(value, str):
+                carried[name] = value[:MAX_HEADER_CHARS]
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                carried[name] = value
         carried[HEADER_HISTORY] = orjson.dumps(history).decode()
         if history.get("first_attempt_at"):
             carried[HEADER_FIRST_ATTEMPT_AT] = history["first_attempt_at"]
@@ -610,6 +632,30 @@ class PostbackConsumer:
             carried[HEADER_LAST_ERROR] = str(history["last_error"])[:500]
         return carried
 
+    async def _dead_letter_unreadable(
+        self, message: Delivery, headers: Mapping[str, Any], error: ContractError
+    ) -> None:
+        """Poison or oversized: straight to the dead-letter queue with the reason, acked.
+
+        An oversized body is not copied: its dead letter carries an excerpt, and
+        the full size and hash in (small) headers.
+        """
+        body = message.body
+        reason = DeadLetterReason.POISON
+        extra: dict[str, Any] = {}
+        if isinstance(error, OversizedEvent):
+            reason = DeadLetterReason.OVERSIZED
+            extra[HEADER_BODY_BYTES] = len(body)
+            extra[HEADER_BODY_SHA256] = hashlib.sha256(body).hexdigest()
+            body = body[:OVERSIZED_EXCERPT_BYTES]
+        self.metrics.poison += 1
+        log.warning("%s message dead-lettered: %s", reason, error.reason[:200])
+        history = {"reason": reason, "last_error": error.reason[:MAX_HEADER_CHARS], "attempts": []}
+        await self._publish_dead(
+            message, headers, reason, history, url_masked=None, body=body, extra=extra
+        )
+        self._acks.ack(message)
+
     async def _publish_dead(
         self,
         message: Delivery,
@@ -618,14 +664,21 @@ class PostbackConsumer:
         history: dict[str, Any],
         url_masked: str | None,
         attempt_no: int | None = None,
+        *,
+        body: bytes | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         dead_headers = self._carry_headers(headers, history)
         dead_headers[HEADER_DEAD_REASON] = reason
         if attempt_no is not None:
             dead_headers[HEADER_ATTEMPT] = attempt_no
         if url_masked:
-            dead_headers[HEADER_URL_MASKED] = url_masked
-        await self.publisher.publish(DEAD_EXCHANGE, "", message.body, dead_headers)
+            dead_headers[HEADER_URL_MASKED] = url_masked[:MAX_HEADER_CHARS]
+        if extra:
+            dead_headers.update(extra)
+        await self.publisher.publish(
+            DEAD_EXCHANGE, "", message.body if body is None else body, dead_headers
+        )
 
     async def _skip(
         self,

@@ -20,6 +20,17 @@ import asyncpg
 
 ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
 
+# Errors that belong to the rows of a statement, not to the database being away:
+# retrying the same rows can't help, so they are isolated (claims) or stored in a
+# reduced form (dead letters) instead of being retried.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
 
 @dataclass(slots=True)
 class Claim:
