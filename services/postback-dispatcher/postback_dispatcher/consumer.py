@@ -233,7 +233,8 @@ class PostbackConsumer:
         self._cache: PostbackSettingsCache | None = None
         self._archiver: DeadLetterArchiver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._in_flight: set[tuple[int, int]] = set()
+        # (conversion, sequence) being worked on -> a future for copies waiting on it.
+        self._in_flight: dict[tuple[int, int], asyncio.Future[bool] | None] = {}
         self._acks = AckBatcher()
         self._claims: ClaimBatcher | None = None
         self._stopping = False
@@ -385,18 +386,30 @@ class PostbackConsumer:
             return
 
         key = (event.conversion_id, sequence)
-        if key in self._in_flight:
+        in_flight = self._in_flight
+        while key in in_flight:
             # A copy of a message this process is working on right now (e.g. the
-            # gateway published it twice): the first copy owns the follow-up.
-            self.metrics.duplicates_dropped += 1
-            log.info("conversion %s: duplicate of an in-flight copy acked", event.conversion_id)
-            self._acks.ack(message)
-            return
-        self._in_flight.add(key)
+            # gateway published it twice, or the broker redelivered it after a
+            # reconnect): the first copy owns the follow-up. This one is acked only
+            # once that follow-up is done (state durable); if the first copy failed
+            # instead, this one takes over.
+            waiter = in_flight[key]
+            if waiter is None:
+                waiter = in_flight[key] = asyncio.get_running_loop().create_future()
+            if await asyncio.shield(waiter):
+                self.metrics.duplicates_dropped += 1
+                log.info("conversion %s: duplicate of an in-flight copy acked", event.conversion_id)
+                self._acks.ack(message)
+                return
+        in_flight[key] = None
+        settled = False
         try:
             await self._deliver(message, headers, event, sequence)
+            settled = True
         finally:
-            self._in_flight.discard(key)
+            waiter = in_flight.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(settled)
 
     async def _deliver(
         self,

@@ -79,6 +79,13 @@ async def load_postback_settings(
     return PostbackTarget(row["url_template"], row["security_token"])
 
 
+def nul_free(text: str | None) -> str | None:
+    """Text for a text column: PostgreSQL can't store NUL (a receiver's answer may hold one)."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd")
+
+
 ATTEMPT_COLUMNS = (
     "conversion_id",
     "event_id",
@@ -124,12 +131,12 @@ class AttemptRecord:
             self.attempt_no,
             self.trigger,
             self.outcome,
-            self.url_masked,
+            nul_free(self.url_masked),
             self.http_status,
             duration,
-            self.error_class,
-            self.error_message,
-            self.response_excerpt,
+            nul_free(self.error_class),
+            nul_free(self.error_message),
+            nul_free(self.response_excerpt),
             self.created_at,
         )
 
@@ -175,7 +182,7 @@ async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[DeliveryOu
         [o.sequence for o in rows],
         [o.status for o in rows],
         [o.last_status for o in rows],
-        [o.last_error for o in rows],
+        [nul_free(o.last_error) for o in rows],
     )
 
 
