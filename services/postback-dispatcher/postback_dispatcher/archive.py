@@ -16,6 +16,7 @@ stored even so is logged and acked. Only a database that is away is waited for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -24,7 +25,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import MAX_EVENT_BYTES, ContractError, decode_conversion_event
 from postback_core.enums import DeadLetterReason
@@ -37,6 +39,7 @@ from postback_core.topology import (
     HEADER_SEQUENCE,
 )
 from postback_dispatcher import repository
+from postback_dispatcher.broker import Subscription
 from postback_dispatcher.repository import DATA_ERRORS, DeadLetterRecord
 
 log = logging.getLogger(__name__)
@@ -210,20 +213,24 @@ class DeadLetterArchiver:
     def __init__(self, pool: asyncpg.Pool, *, prefetch: int = 32) -> None:
         self._pool = pool
         self._prefetch = prefetch
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._subscription: Subscription | None = None
         self._stopping = False
         self.archived_total = 0
         self.unstorable_total = 0
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         self._stopping = False
-        self._channel = await connection.channel()
-        await self._channel.set_qos(prefetch_count=self._prefetch)
-        queue = await self._channel.get_queue(DEAD_LETTER_QUEUE, ensure=False)
-        await queue.consume(self._on_message)
+        channel = await connection.channel()
+        assert isinstance(channel, AbstractRobustChannel)
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._subscription = Subscription(channel, DEAD_LETTER_QUEUE, self._on_message)
+        await self._subscription.start()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        body, headers = message.body, message.headers or {}
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        body = message.body
+        headers: Mapping[str, Any] = message.header.properties.headers or {}
         try:
             record = dead_letter_record(body, headers)
         except Exception as exc:  # a bug must not keep a message in the queue for ever
@@ -257,7 +264,10 @@ class DeadLetterArchiver:
                 record.reason,
                 record.attempts,
             )
-        await message.ack()
+        tag = getattr(message.delivery, "delivery_tag", None)
+        if tag is not None and not message.channel.is_closed:
+            with contextlib.suppress(Exception):  # closed meanwhile: redelivered, upsert no-op
+                await message.channel.basic_ack(tag)
 
     async def _store(self, record: DeadLetterRecord) -> _Stored:
         """Upsert; a database that is away is retried in place (never a bad row)."""
@@ -278,6 +288,9 @@ class DeadLetterArchiver:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             await channel.close()

@@ -66,7 +66,7 @@ from postback_dispatcher.archive import (
 from postback_dispatcher.attempt_log import AttemptLogWriter
 from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
 from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
-from postback_dispatcher.broker import ConfirmedPublisher
+from postback_dispatcher.broker import ConfirmedPublisher, Subscription
 from postback_dispatcher.events import DispatchEvent, decode_event
 from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
@@ -226,7 +226,7 @@ class PostbackConsumer:
         self.metrics = Metrics()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._consumer_tag: str | None = None
+        self._subscription: Subscription | None = None
         self._work_queue = ""
         self._pool: asyncpg.Pool | None = None
         self._log: AttemptLogWriter | None = None
@@ -285,11 +285,17 @@ class PostbackConsumer:
             await self.consume()
 
     async def consume(self) -> None:
-        """Start taking messages from the work queue."""
+        """Start taking messages from the work queue (again after every reconnect)."""
         assert self._channel is not None
-        await self._subscribe()
-        # After a reconnect the robust channel restores its QoS; we re-subscribe.
-        self._channel.reopen_callbacks.add(self._resubscribe)
+        # After a reconnect the robust channel restores its QoS; the subscription
+        # subscribes again.
+        self._subscription = Subscription(
+            self._channel,
+            self._work_queue,
+            self._on_delivery,
+            arguments={"x-priority": self.consumer_priority},
+        )
+        await self._subscription.start()
         log.info(
             "%s consuming: concurrency=%d per_host=%d retry_delays=%s max_attempts=%d",
             self.name,
@@ -305,11 +311,9 @@ class PostbackConsumer:
         Whatever is still unacked when the connection closes returns to the queue.
         """
         self._stopping = True
-        if self._channel is not None and self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                raw = await self._channel.get_underlay_channel()
-                await raw.basic_cancel(self._consumer_tag)
-        self._consumer_tag = None
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
         if self._tasks:
             _done, pending = await asyncio.wait(
                 set(self._tasks), timeout=self.settings.shutdown_grace_seconds
@@ -331,21 +335,6 @@ class PostbackConsumer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-    async def _subscribe(self) -> None:
-        assert self._channel is not None
-        raw = await self._channel.get_underlay_channel()
-        ok = await raw.basic_consume(
-            self._work_queue,
-            self._on_delivery,
-            arguments={"x-priority": self.consumer_priority},
-        )
-        self._consumer_tag = ok.consumer_tag
-
-    async def _resubscribe(self, *_args: Any) -> None:
-        if not self._stopping:
-            await self._subscribe()
-            log.info("re-subscribed to %s after a reconnect", self._work_queue)
 
     # -- per message ---------------------------------------------------------------
 
