@@ -39,13 +39,14 @@ from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError, OversizedEvent
 from postback_core.db.base import asyncpg_dsn, keep_session_state
-from postback_core.enums import DeadLetterReason
+from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeliveryStatus
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
     HEADER_BODY_BYTES,
     HEADER_BODY_SHA256,
     HEADER_DEAD_REASON,
+    HEADER_DEFERRALS,
     HEADER_FIRST_ATTEMPT_AT,
     HEADER_HISTORY,
     HEADER_LAST_ERROR,
@@ -65,7 +66,13 @@ from postback_dispatcher.archive import (
 )
 from postback_dispatcher.attempt_log import AttemptLogWriter
 from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
-from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
+from postback_dispatcher.breaker import (
+    CONNECTION_LEVEL_ERRORS,
+    CircuitBreakers,
+    Failure,
+    HostLimiter,
+    endpoint_key,
+)
 from postback_dispatcher.broker import ConfirmedPublisher, Subscription
 from postback_dispatcher.events import DispatchEvent, decode_event
 from postback_dispatcher.rendering import compile_template
@@ -90,6 +97,7 @@ MAX_CARRIED_HEADERS = 16
 # republished; its size and hash travel in headers).
 OVERSIZED_EXCERPT_BYTES = 1024
 MAX_SEQUENCE = 2**31 - 1  # deliveries.sequence is an int column
+MAX_DEFERRALS = 10  # per attempt; then the message is sent even to a paused target
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_ERRORS = {
     "SSRFBlocked": "ssrf_blocked",
@@ -137,6 +145,15 @@ def classify(result: SendResult) -> tuple[str, str | None]:
     if 400 <= status < 500:
         return "dead", "permanent_http_4xx"
     return "dead", "unexpected_status"
+
+
+def breaker_failure(result: SendResult, verdict: str) -> Failure | None:
+    """What a sent request says about its target, for the breaker."""
+    if verdict != AttemptOutcome.RETRY:
+        return None  # delivered, or refused for good: the target answered
+    if result.status is None and result.error_class in CONNECTION_LEVEL_ERRORS:
+        return Failure.HOST
+    return Failure.ENDPOINT
 
 
 @dataclass
@@ -422,6 +439,16 @@ class PostbackConsumer:
         url = compiled.render(event, token)
         url_masked = mask_token(url, token)
 
+        host = compiled.host or host_key(url)
+        endpoint = endpoint_key(url_masked)
+        # A message deferred this often goes out even so (it then uses an attempt), so
+        # a target that never recovers still ends its messages as dead letters.
+        deferrals = header_int(headers, HEADER_DEFERRALS)
+        may_defer = deferrals < MAX_DEFERRALS
+        if may_defer and self.breakers.is_paused(endpoint, host):
+            await self._defer(message, headers, event, sequence, endpoint, host, claimed=False)
+            return
+
         claim = await self._claims.claim(
             ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
         )
@@ -458,37 +485,32 @@ class PostbackConsumer:
         attempt_trigger = trigger if attempt_no == 1 or trigger == "replay" else "retry"
         if attempt_no > 1 and trigger == "replay" and header_int(headers, HEADER_ATTEMPT) > 0:
             attempt_trigger = "retry"
-        host = compiled.host or host_key(url)
         started_at = _now()
         await self.limiter.acquire(host)
         try:
-            if self.breakers.allow(host):
+            # Asked again: the target may have been paused while this one waited for a slot.
+            if not self.breakers.allow(endpoint, host) and may_defer:
+                result = None
+            else:
                 event_id = str(event.event_id)
                 headers_for = functools.partial(postback_headers, event_id, token)
                 result = await self.sender.send(
                     url, postback_headers(event_id, token, url), headers_for=headers_for
                 )
-                verdict, reason = classify(result)
-                self.breakers.record(host, failed=verdict == "retry")
-                outcome_name = verdict
-            else:
-                self.metrics.breaker_open += 1
-                log.info(
-                    "circuit open for %s: conversion %s moves to its next tier without a request",
-                    host,
-                    event.conversion_id,
-                )
-                result = SendResult(None, 0.0, None, "BreakerOpen", "circuit open", None, url)
-                verdict, reason = "retry", None
-                outcome_name = "breaker_open"
         finally:
             self.limiter.release(host)
+        if result is None:
+            await self._defer(message, headers, event, sequence, endpoint, host, claimed=True)
+            return
+        verdict, reason = classify(result)
+        self.breakers.record(endpoint, host, breaker_failure(result, verdict))
+        outcome_name = verdict
 
         error_text = self._error_text(result, token)
         if verdict == "retry" and attempt_no >= self.max_attempts:
             verdict, reason = "dead", "exhausted"
-        if verdict == "dead" and outcome_name != "breaker_open":
-            outcome_name = "dead"
+        if verdict == "dead":
+            outcome_name = AttemptOutcome.DEAD
         record = AttemptRecord(
             conversion_id=event.conversion_id,
             event_id=event.event_id,
@@ -541,8 +563,9 @@ class PostbackConsumer:
             delay = self._retry_delay(attempt_no, result.retry_after)
             retry_headers = self._carry_headers(headers, history)
             retry_headers[HEADER_ATTEMPT] = attempt_no
-            retry_headers[HEADER_TRIGGER] = "retry"
+            retry_headers[HEADER_TRIGGER] = AttemptTrigger.RETRY
             retry_headers[HEADER_SEQUENCE] = sequence
+            retry_headers.pop(HEADER_DEFERRALS, None)  # an attempt was made: deferrals anew
             await self.publisher.publish(
                 RETRY_EXCHANGE,
                 retry_routing_key(delay),
@@ -575,6 +598,56 @@ class PostbackConsumer:
             DeliveryOutcome(event.conversion_id, sequence, "dead", result.status, error_text),
         )
         self.metrics.dead_lettered += 1
+        self._acks.ack(message)
+
+    async def _defer(
+        self,
+        message: Delivery,
+        headers: Mapping[str, Any],
+        event: DispatchEvent,
+        sequence: int,
+        endpoint: str,
+        host: str,
+        *,
+        claimed: bool,
+    ) -> None:
+        """The target is paused: to the retry tier that outlasts the pause, no attempt used.
+
+        ``claimed``: the attempt was already counted (the pause began while this one
+        waited for a host slot), so it is given back.
+        """
+        assert self._log is not None
+        self.metrics.breaker_open += 1
+        pause = self.breakers.paused_for(endpoint, host) or self.breakers.cooldown_seconds
+        delay = self._retry_delay(1, pause)
+        log.info(
+            "target paused (%s): conversion %s deferred %gs without a request",
+            endpoint,
+            event.conversion_id,
+            delay,
+        )
+        deferred_headers = self._carry_headers(headers, self._history_from(headers))
+        deferred_headers[HEADER_SEQUENCE] = sequence
+        deferred_headers[HEADER_DEFERRALS] = header_int(headers, HEADER_DEFERRALS) + 1
+        await self.publisher.publish(
+            RETRY_EXCHANGE,
+            retry_routing_key(delay),
+            message.body,
+            deferred_headers,
+            message_id=str(event.event_id),
+        )
+        if claimed:
+            await self._log.write(
+                None,
+                DeliveryOutcome(
+                    event.conversion_id,
+                    sequence,
+                    DeliveryStatus.PENDING,
+                    None,
+                    None,
+                    released_attempts=1,
+                ),
+            )
         self._acks.ack(message)
 
     # -- helpers -------------------------------------------------------------------

@@ -150,6 +150,9 @@ class DeliveryOutcome:
     status: str  # pending (will retry) | delivered | dead
     last_status: int | None
     last_error: str | None
+    # Claimed attempts given back (a send the breaker deferred after its claim):
+    # the row's last_status/last_error stay as they were.
+    released_attempts: int = 0
 
 
 async def insert_attempts(conn: asyncpg.Connection, records: Sequence[AttemptRecord]) -> None:
@@ -161,21 +164,29 @@ async def insert_attempts(conn: asyncpg.Connection, records: Sequence[AttemptRec
 _APPLY_OUTCOMES = """
 UPDATE deliveries AS d SET
     status = CASE WHEN d.status = 'delivered' THEN d.status ELSE u.status END,
-    last_status = u.last_status,
-    last_error = u.last_error,
+    last_status = CASE WHEN u.released > 0 THEN d.last_status ELSE u.last_status END,
+    last_error = CASE WHEN u.released > 0 THEN d.last_error ELSE u.last_error END,
+    attempts = greatest(d.attempts - u.released, 0),
     delivered_at = CASE WHEN u.status = 'delivered' AND d.delivered_at IS NULL THEN now()
                         ELSE d.delivered_at END,
     updated_at = now()
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[])
-     AS u(conversion_id, sequence, status, last_status, last_error)
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[])
+     AS u(conversion_id, sequence, status, last_status, last_error, released)
 WHERE d.conversion_id = u.conversion_id AND d.sequence = u.sequence
 """
 
 
 async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[DeliveryOutcome]) -> None:
-    # One row per conversion: the latest outcome in the batch wins.
-    latest = {(o.conversion_id, o.sequence): o for o in outcomes}
-    rows = list(latest.values())
+    # One row per conversion: the latest outcome in the batch wins; released attempts add up.
+    latest: dict[tuple[int, int], DeliveryOutcome] = {}
+    released: dict[tuple[int, int], int] = {}
+    for outcome in outcomes:
+        key = (outcome.conversion_id, outcome.sequence)
+        released[key] = released.get(key, 0) + outcome.released_attempts
+        if not outcome.released_attempts or key not in latest:
+            latest[key] = outcome
+    keys = list(latest)
+    rows = [latest[key] for key in keys]
     await conn.execute(
         _APPLY_OUTCOMES,
         [o.conversion_id for o in rows],
@@ -183,6 +194,7 @@ async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[DeliveryOu
         [o.status for o in rows],
         [o.last_status for o in rows],
         [nul_free(o.last_error) for o in rows],
+        [released[key] for key in keys],
     )
 
 
