@@ -23,9 +23,11 @@ from postback_core.contracts import MAX_EVENT_BYTES
 from postback_core.enums import DeadLetterReason
 from postback_core.topology import (
     DEAD_EXCHANGE,
+    HEADER_ATTEMPT,
     HEADER_DEAD_REASON,
     HEADER_HISTORY,
     HEADER_SEQUENCE,
+    HEADER_TRIGGER,
     declare_topology,
 )
 from postback_dispatcher.archive import HEADER_URL_MASKED
@@ -33,6 +35,7 @@ from postback_dispatcher.batching import ClaimBatcher
 from postback_dispatcher.repository import ClaimRequest
 from tests.postback_dispatcher.conftest import (
     DispatcherHandle,
+    attempt_rows,
     create_publisher_with_settings,
     dead_letter_row,
     delivery_row,
@@ -171,6 +174,20 @@ async def test_out_of_range_sequence_header_is_poison_not_a_failed_claim(
     assert dead["sequence"] == 0  # the stored value fits its column
     assert await delivery_row(pg, event.conversion_id) is None
     assert receiver.matching("/seq") == []
+
+
+async def test_hostile_headers_on_a_good_event_do_not_stop_its_delivery(
+    dispatcher: DispatcherHandle, pg: asyncpg.Pool, receiver: Receiver
+) -> None:
+    publisher_id = await create_publisher_with_settings(pg, receiver.base_url + "/hdr")
+    event = make_event(publisher_id)
+    await dispatcher.publish(
+        event, {HEADER_TRIGGER: "t" * 5000, HEADER_HISTORY: "{not json", HEADER_ATTEMPT: "x"}
+    )
+    row = await wait_for(lambda: _delivered(pg, event.conversion_id), timeout=30)
+    assert row["attempts"] == 1
+    (attempt,) = await attempt_rows(pg, event.conversion_id)
+    assert attempt["trigger"] == "first" and attempt["outcome"] == "delivered"
 
 
 async def _delivered(pg: asyncpg.Pool, conversion_id: int) -> Any:

@@ -100,9 +100,13 @@ MAX_SEQUENCE = 2**31 - 1  # deliveries.sequence is an int column
 MAX_DEFERRALS = 10  # per attempt; then the message is sent even to a paused target
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_ERRORS = {
-    "SSRFBlocked": "ssrf_blocked",
-    "InvalidURL": "invalid_url",
-    "TooManyRedirects": "too_many_redirects",
+    "SSRFBlocked": DeadLetterReason.SSRF_BLOCKED,
+    "InvalidURL": DeadLetterReason.INVALID_URL,
+    "TooManyRedirects": DeadLetterReason.TOO_MANY_REDIRECTS,
+}
+# Triggers a message may carry (a header): anything else counts as a first attempt.
+MESSAGE_TRIGGERS = {
+    t.value: t for t in (AttemptTrigger.FIRST, AttemptTrigger.RETRY, AttemptTrigger.REPLAY)
 }
 
 
@@ -136,15 +140,15 @@ def mask_token(text: str, token: str | None) -> str:
 def classify(result: SendResult) -> tuple[str, str | None]:
     """("delivered" | "retry" | "dead", dead reason)."""
     if result.ok:
-        return "delivered", None
+        return AttemptOutcome.DELIVERED, None
     if result.error_class in PERMANENT_ERRORS:
-        return "dead", PERMANENT_ERRORS[result.error_class]
+        return AttemptOutcome.DEAD, PERMANENT_ERRORS[result.error_class]
     status = result.status
     if status is None or status >= 500 or status in RETRYABLE_STATUSES:
-        return "retry", None
+        return AttemptOutcome.RETRY, None
     if 400 <= status < 500:
-        return "dead", "permanent_http_4xx"
-    return "dead", "unexpected_status"
+        return AttemptOutcome.DEAD, DeadLetterReason.PERMANENT_HTTP_4XX
+    return AttemptOutcome.DEAD, DeadLetterReason.UNEXPECTED_STATUS
 
 
 def breaker_failure(result: SendResult, verdict: str) -> Failure | None:
@@ -425,7 +429,9 @@ class PostbackConsumer:
         sequence: int,
     ) -> None:
         assert self._cache is not None and self._log is not None and self._claims is not None
-        trigger = header_text(headers, HEADER_TRIGGER) or "first"
+        trigger = MESSAGE_TRIGGERS.get(
+            header_text(headers, HEADER_TRIGGER) or "", AttemptTrigger.FIRST
+        )
         try:
             target = self._cache.cached(event.publisher_id)
         except LookupError:
@@ -465,14 +471,16 @@ class PostbackConsumer:
         if claim.kind == "limit":
             history = self._history_from(headers)
             # A redelivery after the last attempt was already made (crash in between).
-            history["reason"] = "exhausted"
-            await self._publish_dead(message, headers, "exhausted", history, url_masked)
+            history["reason"] = DeadLetterReason.EXHAUSTED
+            await self._publish_dead(
+                message, headers, DeadLetterReason.EXHAUSTED, history, url_masked
+            )
             await self._log.write(
                 None,
                 DeliveryOutcome(
                     event.conversion_id,
                     sequence,
-                    "dead",
+                    DeliveryStatus.DEAD,
                     history.get("last_status"),
                     history.get("last_error"),
                 ),
@@ -482,9 +490,15 @@ class PostbackConsumer:
             return
 
         attempt_no = claim.attempt_no
-        attempt_trigger = trigger if attempt_no == 1 or trigger == "replay" else "retry"
-        if attempt_no > 1 and trigger == "replay" and header_int(headers, HEADER_ATTEMPT) > 0:
-            attempt_trigger = "retry"
+        attempt_trigger = (
+            trigger if attempt_no == 1 or trigger == AttemptTrigger.REPLAY else AttemptTrigger.RETRY
+        )
+        if (
+            attempt_no > 1
+            and trigger == AttemptTrigger.REPLAY
+            and header_int(headers, HEADER_ATTEMPT) > 0
+        ):
+            attempt_trigger = AttemptTrigger.RETRY
         started_at = _now()
         await self.limiter.acquire(host)
         try:
@@ -530,10 +544,12 @@ class PostbackConsumer:
             created_at=started_at,
         )
 
-        if verdict == "delivered":
+        if verdict == AttemptOutcome.DELIVERED:
             await self._log.write(
                 record,
-                DeliveryOutcome(event.conversion_id, sequence, "delivered", result.status, None),
+                DeliveryOutcome(
+                    event.conversion_id, sequence, DeliveryStatus.DELIVERED, result.status, None
+                ),
             )
             self.metrics.delivered += 1
             self._acks.ack(message)
@@ -559,7 +575,7 @@ class PostbackConsumer:
         history["last_error_class"] = result.error_class
         history["last_error"] = error_text
 
-        if verdict == "retry":
+        if verdict == AttemptOutcome.RETRY:
             delay = self._retry_delay(attempt_no, result.retry_after)
             retry_headers = self._carry_headers(headers, history)
             retry_headers[HEADER_ATTEMPT] = attempt_no
@@ -576,14 +592,14 @@ class PostbackConsumer:
             await self._log.write(
                 record,
                 DeliveryOutcome(
-                    event.conversion_id, sequence, "pending", result.status, error_text
+                    event.conversion_id, sequence, DeliveryStatus.PENDING, result.status, error_text
                 ),
             )
             self.metrics.retried += 1
             self._acks.ack(message)
             return
 
-        dead_reason = reason or "exhausted"
+        dead_reason = reason or DeadLetterReason.EXHAUSTED
         history["reason"] = dead_reason
         log.warning(
             "conversion %s dead-lettered after %d attempt(s): %s (%s)",
@@ -595,7 +611,9 @@ class PostbackConsumer:
         await self._publish_dead(message, headers, dead_reason, history, url_masked, attempt_no)
         await self._log.write(
             record,
-            DeliveryOutcome(event.conversion_id, sequence, "dead", result.status, error_text),
+            DeliveryOutcome(
+                event.conversion_id, sequence, DeliveryStatus.DEAD, result.status, error_text
+            ),
         )
         self.metrics.dead_lettered += 1
         self._acks.ack(message)
@@ -779,8 +797,8 @@ class PostbackConsumer:
                 publisher_id=event.publisher_id,
                 sequence=sequence,
                 attempt_no=header_int(headers, HEADER_ATTEMPT) + 1,
-                trigger=trigger if trigger in ("first", "retry", "replay") else "first",
-                outcome="skipped",
+                trigger=trigger,
+                outcome=AttemptOutcome.SKIPPED,
                 url_masked=None,
                 http_status=None,
                 duration_ms=None,
@@ -803,4 +821,6 @@ class PostbackConsumer:
             "breaker_short_circuited_total": self.breakers.short_circuited_total,
             "breaker_open_hosts": self.breakers.open_hosts(),
             "dead_letters_archived": self._archiver.archived_total if self._archiver else 0,
+            "dead_letters_unstorable": self._archiver.unstorable_total if self._archiver else 0,
+            "attempt_log_write_failures": self._log.write_failures if self._log else 0,
         }
