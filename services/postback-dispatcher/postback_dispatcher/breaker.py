@@ -56,12 +56,8 @@ class Failure(enum.Enum):
 
 def endpoint_key(url: str) -> str:
     """``scheme://host:port/path`` of a URL: the unit the HTTP-level breaker pauses."""
-    end = len(url)
-    for mark in "?#":
-        position = url.find(mark)
-        if 0 <= position < end:
-            end = position
-    return url[:end]
+    head = url.partition("?")[0]
+    return head.partition("#")[0] if "#" in head else head
 
 
 @dataclass

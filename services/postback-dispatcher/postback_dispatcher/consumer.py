@@ -449,7 +449,7 @@ class PostbackConsumer:
         endpoint = endpoint_key(url_masked)
         # A message deferred this often goes out even so (it then uses an attempt), so
         # a target that never recovers still ends its messages as dead letters.
-        deferrals = header_int(headers, HEADER_DEFERRALS)
+        deferrals = header_int(headers, HEADER_DEFERRALS) if HEADER_DEFERRALS in headers else 0
         may_defer = deferrals < MAX_DEFERRALS
         if may_defer and self.breakers.is_paused(endpoint, host):
             await self._defer(message, headers, event, sequence, endpoint, host, claimed=False)
