@@ -117,3 +117,35 @@ async def test_unwritten_outcome_is_never_acked_when_the_dispatcher_stops(
         attempts = await attempt_rows(pg, event.conversion_id)
         assert [a["outcome"] for a in attempts][-1] == "delivered"
         assert len(receiver.matching("/stop")) == 2
+
+
+async def test_messages_wait_for_the_database_instead_of_bouncing_through_the_broker(
+    database_url: str, pg: asyncpg.Pool, receiver: Receiver
+) -> None:
+    """Database away before the claim: the message waits, unacked, and goes out once."""
+    publisher_id = await create_publisher_with_settings(pg, receiver.base_url + "/wait")
+    event = make_event(publisher_id)
+    async with (
+        database_behind_proxy(database_url) as (proxied_url, proxy),
+        fresh_vhost() as amqp_url,
+        running_dispatcher(proxied_url, amqp_url) as dispatcher,
+    ):
+        proxy.refuse()
+        await dispatcher.publish(event)
+
+        async def claims_refused() -> bool:
+            return proxy.connections_refused >= 5
+
+        await wait_for(claims_refused, timeout=30, message="refused claims")
+        assert receiver.matching("/wait") == []
+        proxy.allow()
+        row = await wait_for(
+            lambda: _status(pg, event.conversion_id, "delivered"),
+            timeout=30,
+            message="delivered once the database is back",
+        )
+        metrics = dispatcher.runtime.consumer.metrics
+        # Never handed back to the broker (each bounce would use up its delivery limit).
+        assert metrics.errors == 0 and metrics.database_waits >= 1
+    assert row["attempts"] == 1
+    assert len(receiver.matching("/wait")) == 1

@@ -22,10 +22,10 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aio_pika
@@ -77,6 +77,8 @@ from postback_dispatcher.broker import ConfirmedPublisher, Subscription
 from postback_dispatcher.events import DispatchEvent, decode_event
 from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
+    DATA_ERRORS,
+    DATABASE_AWAY,
     AttemptRecord,
     ClaimRequest,
     DeliveryOutcome,
@@ -87,6 +89,9 @@ from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.signing import signed_headers as postback_headers
 
 log = logging.getLogger(__name__)
+
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
 
 MAX_HISTORY_ENTRIES = 25
 # Headers travel in one AMQP frame (128 KiB by default): each carried value is
@@ -170,6 +175,7 @@ class Metrics:
     poison: int = 0
     breaker_open: int = 0
     errors: int = 0
+    database_waits: int = 0
 
 
 class PostbackSettingsCache:
@@ -435,7 +441,7 @@ class PostbackConsumer:
         try:
             target = self._cache.cached(event.publisher_id)
         except LookupError:
-            target = await self._cache.get(event.publisher_id)
+            target = await self._when_database_is_back(self._cache.get, event.publisher_id)
         if target is None:
             await self._skip(message, event, sequence, trigger, headers)
             return
@@ -455,9 +461,13 @@ class PostbackConsumer:
             await self._defer(message, headers, event, sequence, endpoint, host, claimed=False)
             return
 
-        claim = await self._claims.claim(
-            ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
-        )
+        request = ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
+        try:
+            claim = await self._claims.claim(request)
+        except DATA_ERRORS:
+            raise
+        except DATABASE_AWAY:
+            claim = await self._when_database_is_back(self._claims.claim, request)
         if claim.kind in ("stale", "delivered", "dead"):
             self.metrics.duplicates_dropped += 1
             log.info(
@@ -669,6 +679,29 @@ class PostbackConsumer:
         self._acks.ack(message)
 
     # -- helpers -------------------------------------------------------------------
+
+    async def _when_database_is_back(
+        self, query: Callable[[_Arg], Awaitable[_Result]], argument: _Arg
+    ) -> _Result:
+        """``query(argument)``, retried in place while the database is away.
+
+        Only for steps before the request is sent (nothing to undo). The message
+        stays unacked meanwhile instead of bouncing through the broker once a
+        second, which would use up its delivery limit during a long outage.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await query(argument)
+            except DATA_ERRORS:
+                raise
+            except DATABASE_AWAY as exc:
+                if self._stopping:
+                    raise
+                self.metrics.database_waits += 1
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     @staticmethod
     def _error_text(result: SendResult, token: str | None) -> str | None:

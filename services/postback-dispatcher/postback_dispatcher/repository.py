@@ -30,6 +30,18 @@ DATA_ERRORS: tuple[type[Exception], ...] = (
     TypeError,
     OverflowError,
 )
+# The database is away (down, restarting, unreachable, out of connections): wait
+# for it rather than bounce messages through the broker, which burns their
+# delivery limit.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
 
 
 @dataclass(slots=True)
