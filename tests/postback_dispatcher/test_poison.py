@@ -190,6 +190,18 @@ async def test_hostile_headers_on_a_good_event_do_not_stop_its_delivery(
     assert attempt["trigger"] == "first" and attempt["outcome"] == "delivered"
 
 
+async def test_hostile_attempt_header_on_a_skipped_event_is_recorded_once(
+    dispatcher: DispatcherHandle, pg: asyncpg.Pool
+) -> None:
+    publisher_id = await create_publisher_with_settings(pg, None)
+    event = make_event(publisher_id)
+    await dispatcher.publish(event, {HEADER_ATTEMPT: 2**40})
+    (attempt,) = await wait_for(lambda: attempt_rows(pg, event.conversion_id), timeout=30)
+    assert attempt["outcome"] == "skipped" and attempt["attempt_no"] == 2**31 - 1
+    row = await delivery_row(pg, event.conversion_id)
+    assert row is not None and row["status"] == "skipped"
+
+
 async def _delivered(pg: asyncpg.Pool, conversion_id: int) -> Any:
     row = await delivery_row(pg, conversion_id)
     return row if row is not None and row["status"] == "delivered" else None

@@ -829,7 +829,8 @@ class PostbackConsumer:
                 event_id=event.event_id,
                 publisher_id=event.publisher_id,
                 sequence=sequence,
-                attempt_no=header_int(headers, HEADER_ATTEMPT) + 1,
+                # A header, so anything: kept within the int column.
+                attempt_no=min(max(header_int(headers, HEADER_ATTEMPT), 0), MAX_SEQUENCE - 1) + 1,
                 trigger=trigger,
                 outcome=AttemptOutcome.SKIPPED,
                 url_masked=None,
