@@ -10,6 +10,13 @@ Rules that keep it "never lost, never looping":
   or dead-letter publish confirmed by the broker, and the outcome written to the
   database (a success is acked right after "delivered" is committed — no
   broker publish on the success path);
+- a message that is not a valid event (or too big) goes to the dead-letter
+  queue at once, never near SQL or the retry tiers;
+- a database that is away is waited for in place before the send, and the
+  outcome write after it is retried until it is durable (attempt_log): the
+  message stays unacked meanwhile, never acked with its state unwritten;
+- a paused target (breaker) defers the message to a retry tier without using an
+  attempt;
 - anything unexpected leaves the message unacked (nack with requeue after a
   pause); the quorum queue's delivery limit is the last backstop.
 """
@@ -25,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aio_pika
@@ -89,9 +96,6 @@ from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.signing import signed_headers as postback_headers
 
 log = logging.getLogger(__name__)
-
-_Arg = TypeVar("_Arg")
-_Result = TypeVar("_Result")
 
 MAX_HISTORY_ENTRIES = 25
 # Headers travel in one AMQP frame (128 KiB by default): each carried value is
@@ -681,8 +685,8 @@ class PostbackConsumer:
     # -- helpers -------------------------------------------------------------------
 
     async def _when_database_is_back(
-        self, query: Callable[[_Arg], Awaitable[_Result]], argument: _Arg
-    ) -> _Result:
+        self, query: Callable[[Any], Awaitable[Any]], argument: object
+    ) -> Any:
         """``query(argument)``, retried in place while the database is away.
 
         Only for steps before the request is sent (nothing to undo). The message
