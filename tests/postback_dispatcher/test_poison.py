@@ -89,7 +89,7 @@ POISON: dict[str, tuple[Mutation, DeadLetterReason, str]] = {
         "malformed JSON",
     ),
     "json array": (lambda raw: orjson.dumps([raw]), "poison", "JSON object"),
-    "wrong schema_version": (_with(schema_version=2), "poison", "unsupported schema_version"),
+    "wrong schema_version": (_with(schema_version=99), "poison", "unsupported schema_version"),
     "schema_version as text": (_with(schema_version="1"), "poison", "schema_version"),
     "missing fields": (_without("conversion_id", "payout"), "poison", "conversion_id"),
     "wrong type": (_with(click_id="not a number"), "poison", "click_id"),

@@ -94,11 +94,11 @@ async def test_black_hole_host_does_not_slow_a_healthy_host(
         async with httpx.AsyncClient(base_url=dispatcher.base_url) as client:
             metrics = (await client.get("/metrics")).text
         assert "postback_dispatcher_breaker_opened_total 1" in metrics
-        assert "breaker_open{host=" in metrics  # the paused endpoint
+        assert "breaker_open{host=" in metrics
         snapshot = dispatcher.runtime.consumer.snapshot()
         assert snapshot["breaker_short_circuited_total"] > 100
-        # Short-circuited postbacks are deferred, not charged: no attempt, no log row.
         sample = await pg.fetch(
+            # Short-circuited postbacks are deferred, not charged: no attempt, no log row.
             "SELECT outcome FROM delivery_attempts WHERE conversion_id = ANY($1::bigint[])",
             [e.conversion_id for e in doomed],
         )
