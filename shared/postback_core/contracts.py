@@ -13,24 +13,63 @@ from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+)
 
 SCHEMA_VERSION: Final = 1
 CONVERSION_CREATED: Final = "conversion.created"
 
+# Ranges of the columns these values end up in: a value outside them decodes
+# fine but fails in SQL later, after it has been batched with valid messages.
+MAX_ID: Final = 2**63 - 1  # bigint
+PAYOUT_WHOLE_DIGITS: Final = 8  # Numeric(12, 4)
+PAYOUT_DECIMALS: Final = 4
+MAX_PAYOUT: Final = Decimal("99999999.9999")
+MAX_TEXT_CHARS: Final = 1024
+# A real event is well under 2 KiB; anything this big is not one, and copying it
+# (retry tier, dead letter) would push the broker towards its frame limits.
+MAX_EVENT_BYTES: Final = 64 * 1024
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text can't hold NUL: a NUL would fail every statement it joins.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
 DecimalString = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
+]
+Payout = Annotated[
+    DecimalString,
+    Field(
+        ge=0,
+        le=MAX_PAYOUT,
+        max_digits=PAYOUT_WHOLE_DIGITS + PAYOUT_DECIMALS,
+        decimal_places=PAYOUT_DECIMALS,
+        allow_inf_nan=False,
+    ),
 ]
 
 
 class SubIds(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sub1: str | None = None
-    sub2: str | None = None
-    sub3: str | None = None
-    sub4: str | None = None
-    sub5: str | None = None
+    sub1: Text | None = None
+    sub2: Text | None = None
+    sub3: Text | None = None
+    sub4: Text | None = None
+    sub5: Text | None = None
 
 
 class ConversionEvent(BaseModel):
@@ -41,20 +80,20 @@ class ConversionEvent(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_type: Literal["conversion.created"] = CONVERSION_CREATED
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    conversion_id: int
-    click_id: int
-    external_id: str | None = None
-    publisher_id: int
-    smartlink_id: int | None = None
-    offer_id: int | None = None
-    advertiser_id: int | None = None
-    payout: DecimalString
-    currency: str = "USD"
-    txid: str | None = None
-    country: str | None = None
-    ip: str | None = None
-    os: str | None = None
-    device: str | None = None
+    conversion_id: Id
+    click_id: Id
+    external_id: Text | None = None
+    publisher_id: Id
+    smartlink_id: Id | None = None
+    offer_id: Id | None = None
+    advertiser_id: Id | None = None
+    payout: Payout
+    currency: Text = "USD"
+    txid: Text | None = None
+    country: Text | None = None
+    ip: Text | None = None
+    os: Text | None = None
+    device: Text | None = None
     sub_ids: SubIds = SubIds()
     occurred_at: datetime
 
@@ -70,8 +109,22 @@ class ContractError(ValueError):
         self.reason = reason
 
 
+class OversizedEvent(ContractError):
+    """A message body larger than ``MAX_EVENT_BYTES``: not read at all."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the {MAX_EVENT_BYTES}-byte maximum")
+        self.size = size
+
+
 def decode_conversion_event(body: bytes) -> ConversionEvent:
-    """Parse a message body, telling bad JSON, unknown versions and missing fields apart."""
+    """Parse a message body, telling bad JSON, unknown versions and missing fields apart.
+
+    Every value is range-checked against the column it is stored in, so a
+    poison event is refused here, with its reason, instead of failing in SQL.
+    """
+    if len(body) > MAX_EVENT_BYTES:
+        raise OversizedEvent(len(body))
     try:
         raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -80,12 +133,13 @@ def decode_conversion_event(body: bytes) -> ConversionEvent:
         raise ContractError("event must be a JSON object")
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ContractError(f"unsupported schema_version: {version!r}")
+        raise ContractError(f"unsupported schema_version: {repr(version)[:50]}")
     try:
         return ConversionEvent.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])[:100]}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)[:10]
         )
         raise ContractError(f"invalid event: {problems}") from exc
 

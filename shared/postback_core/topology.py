@@ -39,6 +39,10 @@ HEADER_LAST_STATUS = "x-postback-last-status"
 HEADER_LAST_ERROR = "x-postback-last-error"
 HEADER_DEAD_REASON = "x-postback-dead-reason"
 HEADER_HISTORY = "x-postback-history"
+HEADER_DEFERRALS = "x-postback-deferrals"  # times a paused target deferred it (this attempt)
+# An oversized message's dead letter carries an excerpt; these describe the original.
+HEADER_BODY_BYTES = "x-postback-body-bytes"
+HEADER_BODY_SHA256 = "x-postback-body-sha256"
 
 
 def retry_queue_name(delay_seconds: float) -> str:

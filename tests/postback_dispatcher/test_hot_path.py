@@ -89,6 +89,32 @@ VARIANTS: list[dict[str, Any]] = [
     {"occurred_at": 1_700_000_000},
     {"occurred_at": None},
     {"unknown_field": {"nested": True}},
+    # Ranges: what decodes but would fail in SQL is refused by both decoders alike.
+    {"conversion_id": 0},
+    {"conversion_id": -5},
+    {"conversion_id": 2**63},
+    {"conversion_id": 2**64 - 1},
+    {"publisher_id": 2**63},
+    {"click_id": 2**63 - 1},
+    {"offer_id": 0},
+    {"smartlink_id": 2**63},
+    {"advertiser_id": -1},
+    {"payout": "99999999.9999"},
+    {"payout": "100000000"},
+    {"payout": "100000000.0"},
+    {"payout": "1.23456"},
+    {"payout": "0.50000"},
+    {"payout": "-0"},
+    {"payout": "-0.01"},
+    {"payout": "Infinity"},
+    {"payout": "1e-5"},
+    {"external_id": "a\x00b"},
+    {"external_id": "x" * 1024},
+    {"external_id": "x" * 1025},
+    {"txid": "\x00"},
+    {"currency": "\x00"},
+    {"sub_ids": {"sub1": "a\x00"}},
+    {"sub_ids": {"sub3": "y" * 1025}},
 ]
 
 
@@ -125,7 +151,11 @@ def test_fast_decoder_agrees_with_the_contract(variant: dict[str, Any]) -> None:
             }
         ),
         orjson.dumps({"schema_version": 1, "event_type": "conversion.created"}),
+        orjson.dumps({"schema_version": "v" * 5000}),
+        orjson.dumps({**CANONICAL, "padding": "x" * (64 * 1024)}),
+        b"[" * 100_000 + b"]" * 100_000,
     ],
+    ids=lambda body: body[:40].decode("utf-8", "replace"),
 )
 def test_poison_gets_the_contract_reason(body: bytes) -> None:
     assert _outcome(decode_event, body) == _outcome(decode_conversion_event, body)

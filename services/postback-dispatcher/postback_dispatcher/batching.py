@@ -21,7 +21,7 @@ import asyncpg
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from postback_dispatcher import repository
-from postback_dispatcher.repository import Claim, ClaimRequest
+from postback_dispatcher.repository import DATA_ERRORS, Claim, ClaimRequest
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,27 @@ class ClaimBatcher:
                 claims = await repository.claim_attempts(
                     conn, [request for request, _ in batch], self._max_attempts
                 )
+        except DATA_ERRORS as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            # One bad row fails the whole statement: claim each alone, so only it fails.
+            log.warning("claim batch of %d failed (%s); claiming each alone", len(batch), exc)
+            for item in batch:
+                await self._run([item])
+            return
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
         for request, future in batch:
             if not future.done():
                 future.set_result(claims[request.conversion_id])
+
+
+def _fail(batch: list[tuple[ClaimRequest, asyncio.Future[Claim]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 class AckBatcher:

@@ -1,81 +1,170 @@
-"""Per-target-host fairness: a concurrency cap and a circuit breaker.
+"""Per-target fairness: a per-host concurrency cap and a two-level circuit breaker.
 
-One dead host must not slow anyone else. The cap bounds how many sends one host
-can hold at once; the breaker stops sending to a host after N consecutive
-failures for a cool-down (its messages move on to their next retry tier
-without a request), then lets a single probe through (half-open).
+One dead target must not slow anyone else. The cap bounds how many sends one
+host can hold at once. The breaker pauses a target after N consecutive
+failures for a cool-down, then lets a single probe through (half-open):
+
+- an *endpoint* (scheme, host, port and path) is paused for HTTP-level failures
+  (5xx, 429, a timeout after the request went out): many publishers share one
+  hosted tracker, and one publisher's broken path must not pause the paths the
+  same host answers fine;
+- a *host* is paused for connection-level failures (refused, connect timeout,
+  DNS, TLS): nothing on it can be reached.
+
+A paused target's messages are deferred by the consumer (to a retry tier, no
+attempt used); the breaker itself only answers "may I send now".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+# ``SendResult.error_class`` values that mean the host could not be reached at all.
+CONNECTION_LEVEL_ERRORS = frozenset(
+    {
+        "ConnectionError",
+        "ConnectionRefusedError",
+        "ConnectTimeout",
+        "DNSError",
+        "gaierror",
+        "SSLError",
+        "TLSError",
+        "SSLCertVerificationError",
+        "ClientConnectorError",
+        "ClientConnectorCertificateError",
+        "ClientSSLError",
+    }
+)
+
+
+class Failure(enum.Enum):
+    """What a failed send says about its target."""
+
+    ENDPOINT = "endpoint"  # the host answered (or took the request) but this path failed
+    HOST = "host"  # the host could not be reached
+
+
+def endpoint_key(url: str) -> str:
+    """``scheme://host:port/path`` of a URL: the unit the HTTP-level breaker pauses."""
+    head = url.partition("?")[0]
+    return head.partition("#")[0] if "#" in head else head
+
 
 @dataclass
-class _HostState:
+class _Circuit:
     failures: int = 0
     open_until: float = 0.0
     probing: bool = False
 
 
 class CircuitBreakers:
-    def __init__(self, threshold: int, cooldown_seconds: float) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        cooldown_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.threshold = threshold
         self.cooldown_seconds = cooldown_seconds
-        self._hosts: dict[str, _HostState] = {}
+        self._clock = clock
+        self._hosts: dict[str, _Circuit] = {}
+        self._endpoints: dict[str, _Circuit] = {}
         self.opened_total = 0
         self.short_circuited_total = 0
 
-    def allow(self, host: str) -> bool:
-        """May a request go to ``host`` now? Counts a short-circuit when not."""
-        state = self._hosts.get(host)
-        if state is None or state.failures < self.threshold:
-            return True
-        now = time.monotonic()
-        if now >= state.open_until:
+    def allow(self, endpoint: str, host: str) -> bool:
+        """May a request go to ``endpoint`` on ``host`` now? Counts a short-circuit when not.
+
+        When a pause is over this grants the one probe (half-open).
+        """
+        host_circuit = self._hosts.get(host)
+        endpoint_circuit = self._endpoints.get(endpoint)
+        if host_circuit is None and endpoint_circuit is None:
+            return True  # the common case: nothing known against either
+        now = self._clock()
+        circuits = [c for c in (host_circuit, endpoint_circuit) if c is not None]
+        tripped = [c for c in circuits if c.failures >= self.threshold]
+        if any(now < c.open_until for c in tripped):
+            self.short_circuited_total += 1
+            return False
+        for circuit in tripped:
             # Half-open: one probe; if it never reports back, another after a cool-down.
-            state.probing = True
-            state.open_until = now + self.cooldown_seconds
+            circuit.probing = True
+            circuit.open_until = now + self.cooldown_seconds
+        return True
+
+    def is_paused(self, endpoint: str, host: str) -> bool:
+        """Is either paused right now (no probe granted)? Counts a short-circuit when so."""
+        if not self._hosts and not self._endpoints:
+            return False
+        if self.paused_for(endpoint, host) > 0:
+            self.short_circuited_total += 1
             return True
-        self.short_circuited_total += 1
         return False
 
-    def record(self, host: str, *, failed: bool) -> None:
-        state = self._hosts.get(host)
-        if not failed:
-            if state is not None:
-                if state.failures >= self.threshold:
-                    log.info("circuit closed for host %s", host)
-                del self._hosts[host]
-            return
-        if state is None:
-            state = self._hosts[host] = _HostState()
-        state.failures += 1
-        was_probe, state.probing = state.probing, False
-        if state.failures == self.threshold or was_probe:
-            state.open_until = time.monotonic() + self.cooldown_seconds
+    def paused_for(self, endpoint: str, host: str) -> float:
+        """Seconds until ``allow`` may say yes again (0 when it would now)."""
+        now = self._clock()
+        remaining = 0.0
+        for circuit in (self._hosts.get(host), self._endpoints.get(endpoint)):
+            if circuit is not None and circuit.failures >= self.threshold:
+                remaining = max(remaining, circuit.open_until - now)
+        return remaining
+
+    def record(self, endpoint: str, host: str, failure: Failure | None) -> None:
+        """The result of a request that was sent: ``None`` when the target answered fine."""
+        if failure is None:
+            self._close(self._endpoints, endpoint, "endpoint")
+            self._close(self._hosts, host, "host")
+        elif failure is Failure.ENDPOINT:
+            self._close(self._hosts, host, "host")  # it took the request: reachable
+            self._fail(self._endpoints, endpoint, "endpoint")
+        else:
+            self._fail(self._hosts, host, "host")
+
+    def _close(self, circuits: dict[str, _Circuit], key: str, kind: str) -> None:
+        circuit = circuits.pop(key, None)
+        if circuit is not None and circuit.failures >= self.threshold:
+            log.info("circuit closed for %s %s", kind, key)
+
+    def _fail(self, circuits: dict[str, _Circuit], key: str, kind: str) -> None:
+        circuit = circuits.get(key)
+        if circuit is None:
+            circuit = circuits[key] = _Circuit()
+        circuit.failures += 1
+        was_probe, circuit.probing = circuit.probing, False
+        if circuit.failures == self.threshold or was_probe:
+            circuit.open_until = self._clock() + self.cooldown_seconds
             self.opened_total += 1
             log.warning(
-                "circuit open for host %s after %d consecutive failures; paused %.1fs",
-                host,
-                state.failures,
+                "circuit open for %s %s after %d consecutive failures; paused %.1fs",
+                kind,
+                key,
+                circuit.failures,
                 self.cooldown_seconds,
             )
 
     def open_hosts(self) -> list[str]:
-        now = time.monotonic()
-        return sorted(
-            h for h, s in self._hosts.items() if s.failures >= self.threshold and s.open_until > now
-        )
+        """Paused hosts and endpoints (for /metrics and /readyz)."""
+        now = self._clock()
+        paused = [
+            key
+            for circuits in (self._hosts, self._endpoints)
+            for key, c in circuits.items()
+            if c.failures >= self.threshold and c.open_until > now
+        ]
+        return sorted(k.replace("\\", "%5C").replace('"', "%22").replace("\n", "") for k in paused)
 
 
 class HostLimiter:

@@ -1,18 +1,80 @@
-"""The dispatcher's broker connection and a publisher that waits for confirms.
+"""The dispatcher's broker connection: a publisher that waits for confirms, and consumers.
 
 Every publish the dispatcher makes (retry tier, dead letter, replay) must not
 be lost, so the channel runs in confirm mode and ``publish`` returns only once
 the broker has taken responsibility for the message (or raises).
+
+Every consumer is a :class:`Subscription`: the robust connection reopens its
+channels after a reconnect but does not restore consumers it doesn't track, so
+each subscription subscribes again itself whenever its channel reopens.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aiormq.abc import DeliveredMessage
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """A consumer of one queue on a robust channel, subscribed again after every reconnect."""
+
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: str,
+        callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]],
+        *,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._callback = callback
+        self._arguments = dict(arguments or {})
+        self._consumer_tag: str | None = None
+        self._active = False
+
+    @property
+    def queue(self) -> str:
+        return self._queue
+
+    async def start(self) -> None:
+        self._active = True
+        await self._subscribe()
+        self._channel.reopen_callbacks.add(self._resubscribe)
+
+    async def cancel(self) -> None:
+        """Stop taking messages (unacked ones stay with us until settled or closed)."""
+        self._active = False
+        self._channel.reopen_callbacks.discard(self._resubscribe)
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                raw = await self._channel.get_underlay_channel()
+                await raw.basic_cancel(tag)
+
+    async def _subscribe(self) -> None:
+        raw = await self._channel.get_underlay_channel()
+        ok = await raw.basic_consume(self._queue, self._callback, arguments=self._arguments)
+        self._consumer_tag = ok.consumer_tag
+
+    async def _resubscribe(self, *_args: Any) -> None:
+        if self._active:
+            await self._subscribe()
+            log.info("re-subscribed to %s after a reconnect", self._queue)
 
 
 class BrokerUnavailable(RuntimeError):

@@ -10,6 +10,13 @@ Rules that keep it "never lost, never looping":
   or dead-letter publish confirmed by the broker, and the outcome written to the
   database (a success is acked right after "delivered" is committed — no
   broker publish on the success path);
+- a message that is not a valid event (or too big) goes to the dead-letter
+  queue at once, never near SQL or the retry tiers;
+- a database that is away is waited for in place before the send, and the
+  outcome write after it is retried until it is durable (attempt_log): the
+  message stays unacked meanwhile, never acked with its state unwritten;
+- a paused target (breaker) defers the message to a retry tier without using an
+  attempt;
 - anything unexpected leaves the message unacked (nack with requeue after a
   pause); the quorum queue's delivery limit is the last backstop.
 """
@@ -19,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,13 +44,17 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from postback_core.contracts import ContractError
+from postback_core.contracts import ContractError, OversizedEvent
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeliveryStatus
 from postback_core.security import mask_in_text
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
+    HEADER_BODY_BYTES,
+    HEADER_BODY_SHA256,
     HEADER_DEAD_REASON,
+    HEADER_DEFERRALS,
     HEADER_FIRST_ATTEMPT_AT,
     HEADER_HISTORY,
     HEADER_LAST_ERROR,
@@ -62,11 +74,19 @@ from postback_dispatcher.archive import (
 )
 from postback_dispatcher.attempt_log import AttemptLogWriter
 from postback_dispatcher.batching import AckBatcher, ClaimBatcher, Delivery
-from postback_dispatcher.breaker import CircuitBreakers, HostLimiter
-from postback_dispatcher.broker import ConfirmedPublisher
+from postback_dispatcher.breaker import (
+    CONNECTION_LEVEL_ERRORS,
+    CircuitBreakers,
+    Failure,
+    HostLimiter,
+    endpoint_key,
+)
+from postback_dispatcher.broker import ConfirmedPublisher, Subscription
 from postback_dispatcher.events import DispatchEvent, decode_event
 from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
+    DATA_ERRORS,
+    DATABASE_AWAY,
     AttemptRecord,
     ClaimRequest,
     DeliveryOutcome,
@@ -79,11 +99,24 @@ from postback_dispatcher.signing import signed_headers as postback_headers
 log = logging.getLogger(__name__)
 
 MAX_HISTORY_ENTRIES = 25
+# Headers travel in one AMQP frame (128 KiB by default): each carried value is
+# cut to this, so a follow-up publish can't fail on the size of what it carries.
+MAX_HEADER_CHARS = 1000
+MAX_CARRIED_HEADERS = 16
+# What is kept of an oversized body in its dead letter (the whole body is not
+# republished; its size and hash travel in headers).
+OVERSIZED_EXCERPT_BYTES = 1024
+MAX_SEQUENCE = 2**31 - 1  # deliveries.sequence is an int column
+MAX_DEFERRALS = 10  # per attempt; then the message is sent even to a paused target
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_ERRORS = {
-    "SSRFBlocked": "ssrf_blocked",
-    "InvalidURL": "invalid_url",
-    "TooManyRedirects": "too_many_redirects",
+    "SSRFBlocked": DeadLetterReason.SSRF_BLOCKED,
+    "InvalidURL": DeadLetterReason.INVALID_URL,
+    "TooManyRedirects": DeadLetterReason.TOO_MANY_REDIRECTS,
+}
+# Triggers a message may carry (a header): anything else counts as a first attempt.
+MESSAGE_TRIGGERS = {
+    t.value: t for t in (AttemptTrigger.FIRST, AttemptTrigger.RETRY, AttemptTrigger.REPLAY)
 }
 
 
@@ -108,15 +141,24 @@ def mask_token(text: str, token: str | None, url: str, *, cut: bool = False) -> 
 def classify(result: SendResult) -> tuple[str, str | None]:
     """("delivered" | "retry" | "dead", dead reason)."""
     if result.ok:
-        return "delivered", None
+        return AttemptOutcome.DELIVERED, None
     if result.error_class in PERMANENT_ERRORS:
-        return "dead", PERMANENT_ERRORS[result.error_class]
+        return AttemptOutcome.DEAD, PERMANENT_ERRORS[result.error_class]
     status = result.status
     if status is None or status >= 500 or status in RETRYABLE_STATUSES:
-        return "retry", None
+        return AttemptOutcome.RETRY, None
     if 400 <= status < 500:
-        return "dead", "permanent_http_4xx"
-    return "dead", "unexpected_status"
+        return AttemptOutcome.DEAD, DeadLetterReason.PERMANENT_HTTP_4XX
+    return AttemptOutcome.DEAD, DeadLetterReason.UNEXPECTED_STATUS
+
+
+def breaker_failure(result: SendResult, verdict: str) -> Failure | None:
+    """What a sent request says about its target, for the breaker."""
+    if verdict != AttemptOutcome.RETRY:
+        return None  # delivered, or refused for good: the target answered
+    if result.status is None and result.error_class in CONNECTION_LEVEL_ERRORS:
+        return Failure.HOST
+    return Failure.ENDPOINT
 
 
 @dataclass
@@ -129,6 +171,7 @@ class Metrics:
     poison: int = 0
     breaker_open: int = 0
     errors: int = 0
+    database_waits: int = 0
 
 
 class PostbackSettingsCache:
@@ -206,14 +249,15 @@ class PostbackConsumer:
         self.metrics = Metrics()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._consumer_tag: str | None = None
+        self._subscription: Subscription | None = None
         self._work_queue = ""
         self._pool: asyncpg.Pool | None = None
         self._log: AttemptLogWriter | None = None
         self._cache: PostbackSettingsCache | None = None
         self._archiver: DeadLetterArchiver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._in_flight: set[tuple[int, int]] = set()
+        # (conversion, sequence) being worked on -> a future for copies waiting on it.
+        self._in_flight: dict[tuple[int, int], asyncio.Future[bool] | None] = {}
         self._acks = AckBatcher()
         self._claims: ClaimBatcher | None = None
         self._stopping = False
@@ -264,11 +308,17 @@ class PostbackConsumer:
             await self.consume()
 
     async def consume(self) -> None:
-        """Start taking messages from the work queue."""
+        """Start taking messages from the work queue (again after every reconnect)."""
         assert self._channel is not None
-        await self._subscribe()
-        # After a reconnect the robust channel restores its QoS; we re-subscribe.
-        self._channel.reopen_callbacks.add(self._resubscribe)
+        # After a reconnect the robust channel restores its QoS; the subscription
+        # subscribes again.
+        self._subscription = Subscription(
+            self._channel,
+            self._work_queue,
+            self._on_delivery,
+            arguments={"x-priority": self.consumer_priority},
+        )
+        await self._subscription.start()
         log.info(
             "%s consuming: concurrency=%d per_host=%d retry_delays=%s max_attempts=%d",
             self.name,
@@ -284,11 +334,9 @@ class PostbackConsumer:
         Whatever is still unacked when the connection closes returns to the queue.
         """
         self._stopping = True
-        if self._channel is not None and self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                raw = await self._channel.get_underlay_channel()
-                await raw.basic_cancel(self._consumer_tag)
-        self._consumer_tag = None
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
         if self._tasks:
             _done, pending = await asyncio.wait(
                 set(self._tasks), timeout=self.settings.shutdown_grace_seconds
@@ -310,21 +358,6 @@ class PostbackConsumer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-    async def _subscribe(self) -> None:
-        assert self._channel is not None
-        raw = await self._channel.get_underlay_channel()
-        ok = await raw.basic_consume(
-            self._work_queue,
-            self._on_delivery,
-            arguments={"x-priority": self.consumer_priority},
-        )
-        self._consumer_tag = ok.consumer_tag
-
-    async def _resubscribe(self, *_args: Any) -> None:
-        if not self._stopping:
-            await self._subscribe()
-            log.info("re-subscribed to %s after a reconnect", self._work_queue)
 
     # -- per message ---------------------------------------------------------------
 
@@ -357,28 +390,38 @@ class PostbackConsumer:
         headers: Mapping[str, Any] = message.headers or {}
         try:
             event = decode_event(message.body)
+            sequence = header_int(headers, HEADER_SEQUENCE)
+            if not 0 <= sequence <= MAX_SEQUENCE:
+                raise ContractError(f"{HEADER_SEQUENCE} header out of range: {sequence}"[:200])
         except ContractError as exc:
-            self.metrics.poison += 1
-            log.warning("poison message dead-lettered: %s", exc.reason[:200])
-            history = {"reason": "poison", "last_error": exc.reason, "attempts": []}
-            await self._publish_dead(message, headers, "poison", history, url_masked=None)
-            self._acks.ack(message)
+            await self._dead_letter_unreadable(message, headers, exc)
             return
 
-        sequence = header_int(headers, HEADER_SEQUENCE)
         key = (event.conversion_id, sequence)
-        if key in self._in_flight:
+        in_flight = self._in_flight
+        while key in in_flight:
             # A copy of a message this process is working on right now (e.g. the
-            # gateway published it twice): the first copy owns the follow-up.
-            self.metrics.duplicates_dropped += 1
-            log.info("conversion %s: duplicate of an in-flight copy acked", event.conversion_id)
-            self._acks.ack(message)
-            return
-        self._in_flight.add(key)
+            # gateway published it twice, or the broker redelivered it after a
+            # reconnect): the first copy owns the follow-up. This one is acked only
+            # once that follow-up is done (state durable); if the first copy failed
+            # instead, this one takes over.
+            waiter = in_flight[key]
+            if waiter is None:
+                waiter = in_flight[key] = asyncio.get_running_loop().create_future()
+            if await asyncio.shield(waiter):
+                self.metrics.duplicates_dropped += 1
+                log.info("conversion %s: duplicate of an in-flight copy acked", event.conversion_id)
+                self._acks.ack(message)
+                return
+        in_flight[key] = None
+        settled = False
         try:
             await self._deliver(message, headers, event, sequence)
+            settled = True
         finally:
-            self._in_flight.discard(key)
+            waiter = in_flight.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(settled)
 
     async def _deliver(
         self,
@@ -388,11 +431,13 @@ class PostbackConsumer:
         sequence: int,
     ) -> None:
         assert self._cache is not None and self._log is not None and self._claims is not None
-        trigger = header_text(headers, HEADER_TRIGGER) or "first"
+        trigger = MESSAGE_TRIGGERS.get(
+            header_text(headers, HEADER_TRIGGER) or "", AttemptTrigger.FIRST
+        )
         try:
             target = self._cache.cached(event.publisher_id)
         except LookupError:
-            target = await self._cache.get(event.publisher_id)
+            target = await self._when_database_is_back(self._cache.get, event.publisher_id)
         if target is None:
             await self._skip(message, event, sequence, trigger, headers)
             return
@@ -402,9 +447,23 @@ class PostbackConsumer:
         url = compiled.render(event, token)
         url_masked = mask_token(url, token, url)
 
-        claim = await self._claims.claim(
-            ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
-        )
+        host = compiled.host or host_key(url)
+        endpoint = endpoint_key(url_masked)
+        # A message deferred this often goes out even so (it then uses an attempt), so
+        # a target that never recovers still ends its messages as dead letters.
+        deferrals = header_int(headers, HEADER_DEFERRALS) if HEADER_DEFERRALS in headers else 0
+        may_defer = deferrals < MAX_DEFERRALS
+        if may_defer and self.breakers.is_paused(endpoint, host):
+            await self._defer(message, headers, event, sequence, endpoint, host, claimed=False)
+            return
+
+        request = ClaimRequest(event.conversion_id, event.event_id, event.publisher_id, sequence)
+        try:
+            claim = await self._claims.claim(request)
+        except DATA_ERRORS:
+            raise
+        except DATABASE_AWAY:
+            claim = await self._when_database_is_back(self._claims.claim, request)
         if claim.kind in ("stale", "delivered", "dead"):
             self.metrics.duplicates_dropped += 1
             log.info(
@@ -418,14 +477,16 @@ class PostbackConsumer:
         if claim.kind == "limit":
             history = self._history_from(headers)
             # A redelivery after the last attempt was already made (crash in between).
-            history["reason"] = "exhausted"
-            await self._publish_dead(message, headers, "exhausted", history, url_masked)
+            history["reason"] = DeadLetterReason.EXHAUSTED
+            await self._publish_dead(
+                message, headers, DeadLetterReason.EXHAUSTED, history, url_masked
+            )
             await self._log.write(
                 None,
                 DeliveryOutcome(
                     event.conversion_id,
                     sequence,
-                    "dead",
+                    DeliveryStatus.DEAD,
                     history.get("last_status"),
                     history.get("last_error"),
                 ),
@@ -435,40 +496,41 @@ class PostbackConsumer:
             return
 
         attempt_no = claim.attempt_no
-        attempt_trigger = trigger if attempt_no == 1 or trigger == "replay" else "retry"
-        if attempt_no > 1 and trigger == "replay" and header_int(headers, HEADER_ATTEMPT) > 0:
-            attempt_trigger = "retry"
-        host = compiled.host or host_key(url)
+        attempt_trigger = (
+            trigger if attempt_no == 1 or trigger == AttemptTrigger.REPLAY else AttemptTrigger.RETRY
+        )
+        if (
+            attempt_no > 1
+            and trigger == AttemptTrigger.REPLAY
+            and header_int(headers, HEADER_ATTEMPT) > 0
+        ):
+            attempt_trigger = AttemptTrigger.RETRY
         started_at = _now()
         await self.limiter.acquire(host)
         try:
-            if self.breakers.allow(host):
+            # Asked again: the target may have been paused while this one waited for a slot.
+            if not self.breakers.allow(endpoint, host) and may_defer:
+                result = None
+            else:
                 event_id = str(event.event_id)
                 headers_for = functools.partial(postback_headers, event_id, token)
                 result = await self.sender.send(
                     url, postback_headers(event_id, token, url), headers_for=headers_for
                 )
-                verdict, reason = classify(result)
-                self.breakers.record(host, failed=verdict == "retry")
-                outcome_name = verdict
-            else:
-                self.metrics.breaker_open += 1
-                log.info(
-                    "circuit open for %s: conversion %s moves to its next tier without a request",
-                    host,
-                    event.conversion_id,
-                )
-                result = SendResult(None, 0.0, None, "BreakerOpen", "circuit open", None, url)
-                verdict, reason = "retry", None
-                outcome_name = "breaker_open"
         finally:
             self.limiter.release(host)
+        if result is None:
+            await self._defer(message, headers, event, sequence, endpoint, host, claimed=True)
+            return
+        verdict, reason = classify(result)
+        self.breakers.record(endpoint, host, breaker_failure(result, verdict))
+        outcome_name = verdict
 
         error_text = self._error_text(result, token, url)
         if verdict == "retry" and attempt_no >= self.max_attempts:
             verdict, reason = "dead", "exhausted"
-        if verdict == "dead" and outcome_name != "breaker_open":
-            outcome_name = "dead"
+        if verdict == "dead":
+            outcome_name = AttemptOutcome.DEAD
         record = AttemptRecord(
             conversion_id=event.conversion_id,
             event_id=event.event_id,
@@ -492,10 +554,12 @@ class PostbackConsumer:
             created_at=started_at,
         )
 
-        if verdict == "delivered":
+        if verdict == AttemptOutcome.DELIVERED:
             await self._log.write(
                 record,
-                DeliveryOutcome(event.conversion_id, sequence, "delivered", result.status, None),
+                DeliveryOutcome(
+                    event.conversion_id, sequence, DeliveryStatus.DELIVERED, result.status, None
+                ),
             )
             self.metrics.delivered += 1
             self._acks.ack(message)
@@ -521,12 +585,13 @@ class PostbackConsumer:
         history["last_error_class"] = result.error_class
         history["last_error"] = error_text
 
-        if verdict == "retry":
+        if verdict == AttemptOutcome.RETRY:
             delay = self._retry_delay(attempt_no, result.retry_after)
             retry_headers = self._carry_headers(headers, history)
             retry_headers[HEADER_ATTEMPT] = attempt_no
-            retry_headers[HEADER_TRIGGER] = "retry"
+            retry_headers[HEADER_TRIGGER] = AttemptTrigger.RETRY
             retry_headers[HEADER_SEQUENCE] = sequence
+            retry_headers.pop(HEADER_DEFERRALS, None)  # an attempt was made: deferrals anew
             await self.publisher.publish(
                 RETRY_EXCHANGE,
                 retry_routing_key(delay),
@@ -537,14 +602,14 @@ class PostbackConsumer:
             await self._log.write(
                 record,
                 DeliveryOutcome(
-                    event.conversion_id, sequence, "pending", result.status, error_text
+                    event.conversion_id, sequence, DeliveryStatus.PENDING, result.status, error_text
                 ),
             )
             self.metrics.retried += 1
             self._acks.ack(message)
             return
 
-        dead_reason = reason or "exhausted"
+        dead_reason = reason or DeadLetterReason.EXHAUSTED
         history["reason"] = dead_reason
         log.warning(
             "conversion %s dead-lettered after %d attempt(s): %s (%s)",
@@ -556,12 +621,87 @@ class PostbackConsumer:
         await self._publish_dead(message, headers, dead_reason, history, url_masked, attempt_no)
         await self._log.write(
             record,
-            DeliveryOutcome(event.conversion_id, sequence, "dead", result.status, error_text),
+            DeliveryOutcome(
+                event.conversion_id, sequence, DeliveryStatus.DEAD, result.status, error_text
+            ),
         )
         self.metrics.dead_lettered += 1
         self._acks.ack(message)
 
+    async def _defer(
+        self,
+        message: Delivery,
+        headers: Mapping[str, Any],
+        event: DispatchEvent,
+        sequence: int,
+        endpoint: str,
+        host: str,
+        *,
+        claimed: bool,
+    ) -> None:
+        """The target is paused: to the retry tier that outlasts the pause, no attempt used.
+
+        ``claimed``: the attempt was already counted (the pause began while this one
+        waited for a host slot), so it is given back.
+        """
+        assert self._log is not None
+        self.metrics.breaker_open += 1
+        pause = self.breakers.paused_for(endpoint, host) or self.breakers.cooldown_seconds
+        delay = self._retry_delay(1, pause)
+        log.info(
+            "target paused (%s): conversion %s deferred %gs without a request",
+            endpoint,
+            event.conversion_id,
+            delay,
+        )
+        deferred_headers = self._carry_headers(headers, self._history_from(headers))
+        deferred_headers[HEADER_SEQUENCE] = sequence
+        deferred_headers[HEADER_DEFERRALS] = header_int(headers, HEADER_DEFERRALS) + 1
+        await self.publisher.publish(
+            RETRY_EXCHANGE,
+            retry_routing_key(delay),
+            message.body,
+            deferred_headers,
+            message_id=str(event.event_id),
+        )
+        if claimed:
+            await self._log.write(
+                None,
+                DeliveryOutcome(
+                    event.conversion_id,
+                    sequence,
+                    DeliveryStatus.PENDING,
+                    None,
+                    None,
+                    released_attempts=1,
+                ),
+            )
+        self._acks.ack(message)
+
     # -- helpers -------------------------------------------------------------------
+
+    async def _when_database_is_back(
+        self, query: Callable[[Any], Awaitable[Any]], argument: object
+    ) -> Any:
+        """``query(argument)``, retried in place while the database is away.
+
+        Only for steps before the request is sent (nothing to undo). The message
+        stays unacked meanwhile instead of bouncing through the broker once a
+        second, which would use up its delivery limit during a long outage.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await query(argument)
+            except DATA_ERRORS:
+                raise
+            except DATABASE_AWAY as exc:
+                if self._stopping:
+                    raise
+                self.metrics.database_waits += 1
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     @staticmethod
     def _error_text(result: SendResult, token: str | None, url: str) -> str | None:
@@ -594,7 +734,19 @@ class PostbackConsumer:
 
     @staticmethod
     def _carry_headers(headers: Mapping[str, Any], history: dict[str, Any]) -> dict[str, Any]:
-        carried: dict[str, Any] = {k: v for k, v in headers.items() if k.startswith("x-postback-")}
+        """Our own headers for the next hop: known scalars only, each value bounded."""
+        carried: dict[str, Any] = {}
+        for name, value in headers.items():
+            if not name.startswith("x-postback-") or len(name) > 64:
+                continue
+            if len(carried) >= MAX_CARRIED_HEADERS:
+                break
+            if isinstance(value, bytes | bytearray):
+                value = value.decode("utf-8", "replace")
+            if isinstance(value, str):
+                carried[name] = value[:MAX_HEADER_CHARS]
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                carried[name] = value
         carried[HEADER_HISTORY] = orjson.dumps(history).decode()
         if history.get("first_attempt_at"):
             carried[HEADER_FIRST_ATTEMPT_AT] = history["first_attempt_at"]
@@ -606,6 +758,30 @@ class PostbackConsumer:
             carried[HEADER_LAST_ERROR] = str(history["last_error"])[:500]
         return carried
 
+    async def _dead_letter_unreadable(
+        self, message: Delivery, headers: Mapping[str, Any], error: ContractError
+    ) -> None:
+        """Poison or oversized: straight to the dead-letter queue with the reason, acked.
+
+        An oversized body is not copied: its dead letter carries an excerpt, and
+        the full size and hash in (small) headers.
+        """
+        body = message.body
+        reason = DeadLetterReason.POISON
+        extra: dict[str, Any] = {}
+        if isinstance(error, OversizedEvent):
+            reason = DeadLetterReason.OVERSIZED
+            extra[HEADER_BODY_BYTES] = len(body)
+            extra[HEADER_BODY_SHA256] = hashlib.sha256(body).hexdigest()
+            body = body[:OVERSIZED_EXCERPT_BYTES]
+        self.metrics.poison += 1
+        log.warning("%s message dead-lettered: %s", reason, error.reason[:200])
+        history = {"reason": reason, "last_error": error.reason[:MAX_HEADER_CHARS], "attempts": []}
+        await self._publish_dead(
+            message, headers, reason, history, url_masked=None, body=body, extra=extra
+        )
+        self._acks.ack(message)
+
     async def _publish_dead(
         self,
         message: Delivery,
@@ -614,14 +790,21 @@ class PostbackConsumer:
         history: dict[str, Any],
         url_masked: str | None,
         attempt_no: int | None = None,
+        *,
+        body: bytes | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         dead_headers = self._carry_headers(headers, history)
         dead_headers[HEADER_DEAD_REASON] = reason
         if attempt_no is not None:
             dead_headers[HEADER_ATTEMPT] = attempt_no
         if url_masked:
-            dead_headers[HEADER_URL_MASKED] = url_masked
-        await self.publisher.publish(DEAD_EXCHANGE, "", message.body, dead_headers)
+            dead_headers[HEADER_URL_MASKED] = url_masked[:MAX_HEADER_CHARS]
+        if extra:
+            dead_headers.update(extra)
+        await self.publisher.publish(
+            DEAD_EXCHANGE, "", message.body if body is None else body, dead_headers
+        )
 
     async def _skip(
         self,
@@ -646,9 +829,10 @@ class PostbackConsumer:
                 event_id=event.event_id,
                 publisher_id=event.publisher_id,
                 sequence=sequence,
-                attempt_no=header_int(headers, HEADER_ATTEMPT) + 1,
-                trigger=trigger if trigger in ("first", "retry", "replay") else "first",
-                outcome="skipped",
+                # A header, so anything: kept within the int column.
+                attempt_no=min(max(header_int(headers, HEADER_ATTEMPT), 0), MAX_SEQUENCE - 1) + 1,
+                trigger=trigger,
+                outcome=AttemptOutcome.SKIPPED,
                 url_masked=None,
                 http_status=None,
                 duration_ms=None,
@@ -671,4 +855,6 @@ class PostbackConsumer:
             "breaker_short_circuited_total": self.breakers.short_circuited_total,
             "breaker_open_hosts": self.breakers.open_hosts(),
             "dead_letters_archived": self._archiver.archived_total if self._archiver else 0,
+            "dead_letters_unstorable": self._archiver.unstorable_total if self._archiver else 0,
+            "attempt_log_write_failures": self._log.write_failures if self._log else 0,
         }

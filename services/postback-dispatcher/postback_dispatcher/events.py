@@ -4,9 +4,10 @@
 :func:`decode_event` accepts the canonical shape the gateway publishes (exact
 JSON types, hyphenated UUID, decimal-string payout, ISO 8601 timestamp) with a
 few plain checks and hands anything else to the contract's decoder. The fast
-path only accepts what pydantic accepts, with the same values, so the outcome is
-the contract's in every case: a malformed or poison event raises the same
-``ContractError`` (with its reason) and goes to the dead-letter queue.
+path only accepts what pydantic accepts, with the same values (ranges included:
+ids within bigint, payout within the money column, bounded NUL-free strings), so
+the outcome is the contract's in every case: a malformed or poison event raises
+the same ``ContractError`` (with its reason) and goes to the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -15,20 +16,26 @@ import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
 from postback_core.contracts import (
     CONVERSION_CREATED,
+    MAX_EVENT_BYTES,
+    MAX_ID,
+    MAX_TEXT_CHARS,
     SCHEMA_VERSION,
     ContractError,
     ConversionEvent,
+    OversizedEvent,
     decode_conversion_event,
 )
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_DECIMAL = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?")
+# Within Numeric(12, 4) by its shape (anything else, e.g. "-0" or "0.50000", is
+# left to the contract).
+_PAYOUT = re.compile(r"[0-9]{1,8}(?:\.[0-9]{1,4})?")
 _TIMESTAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})?"
@@ -91,6 +98,17 @@ def _uuid(text: str) -> uuid.UUID:
     return value
 
 
+def _id(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 < value <= MAX_ID
+
+
+def _text(value: object) -> TypeGuard[str | None]:
+    """None or a str the contract's ``Text`` accepts (bounded, no NUL)."""
+    return value is None or (
+        type(value) is str and len(value) <= MAX_TEXT_CHARS and "\x00" not in value
+    )
+
+
 def _fast(raw: dict[str, Any]) -> DispatchEvent | None:
     """The event when ``raw`` has the canonical shape, else None (let pydantic decide)."""
     get = raw.get
@@ -111,25 +129,26 @@ def _fast(raw: dict[str, Any]) -> DispatchEvent | None:
     payout = get("payout")
     occurred_at = get("occurred_at")
     if not (
-        type(conversion_id) is int
-        and type(click_id) is int
-        and type(publisher_id) is int
-        and (smartlink_id is None or type(smartlink_id) is int)
-        and (offer_id is None or type(offer_id) is int)
-        and (advertiser_id is None or type(advertiser_id) is int)
-        and (external_id is None or type(external_id) is str)
-        and (txid is None or type(txid) is str)
-        and (country is None or type(country) is str)
-        and (ip is None or type(ip) is str)
-        and (os is None or type(os) is str)
-        and (device is None or type(device) is str)
+        _id(conversion_id)
+        and _id(click_id)
+        and _id(publisher_id)
+        and (smartlink_id is None or _id(smartlink_id))
+        and (offer_id is None or _id(offer_id))
+        and (advertiser_id is None or _id(advertiser_id))
+        and _text(external_id)
+        and _text(txid)
+        and _text(country)
+        and _text(ip)
+        and _text(os)
+        and _text(device)
+        and _text(currency)
         and type(currency) is str
         and type(event_id) is str
         and type(payout) is str
         and type(occurred_at) is str
         and get("event_type", CONVERSION_CREATED) == CONVERSION_CREATED
         and _UUID.fullmatch(event_id) is not None
-        and _DECIMAL.fullmatch(payout) is not None
+        and _PAYOUT.fullmatch(payout) is not None
         and _TIMESTAMP.fullmatch(occurred_at) is not None
     ):
         return None
@@ -138,7 +157,7 @@ def _fast(raw: dict[str, Any]) -> DispatchEvent | None:
         if type(sub_ids) is not dict or not _SUB_IDS.issuperset(sub_ids):
             return None
         for value in sub_ids.values():
-            if value is not None and type(value) is not str:
+            if not _text(value):
                 return None
     try:
         when = datetime.fromisoformat(occurred_at)
@@ -165,7 +184,12 @@ def _fast(raw: dict[str, Any]) -> DispatchEvent | None:
 
 
 def decode_event(body: bytes) -> DispatchEvent:
-    """Decode and validate a message body; raises ``ContractError`` as the contract does."""
+    """Decode and validate a message body; raises ``ContractError`` as the contract does.
+
+    ``OversizedEvent`` (a ``ContractError``) when the body is over ``MAX_EVENT_BYTES``.
+    """
+    if len(body) > MAX_EVENT_BYTES:
+        raise OversizedEvent(len(body))
     try:
         raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -182,4 +206,4 @@ def decode_event(body: bytes) -> DispatchEvent:
     return DispatchEvent.from_model(decode_conversion_event(body))
 
 
-__all__ = ["ContractError", "DispatchEvent", "decode_event"]
+__all__ = ["ContractError", "DispatchEvent", "OversizedEvent", "decode_event"]

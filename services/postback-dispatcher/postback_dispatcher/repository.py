@@ -20,6 +20,29 @@ import asyncpg
 
 ClaimKind = Literal["send", "stale", "delivered", "dead", "limit"]
 
+# Errors that belong to the rows of a statement, not to the database being away:
+# retrying the same rows can't help, so they are isolated (claims) or stored in a
+# reduced form (dead letters) instead of being retried.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+# The database is away (down, restarting, unreachable, out of connections): wait
+# for it rather than bounce messages through the broker, which burns their
+# delivery limit.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
 
 @dataclass(slots=True)
 class Claim:
@@ -68,6 +91,13 @@ async def load_postback_settings(
     return PostbackTarget(row["url_template"], row["security_token"])
 
 
+def nul_free(text: str | None) -> str | None:
+    """Text for a text column: PostgreSQL can't store NUL (a receiver's answer may hold one)."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd")
+
+
 ATTEMPT_COLUMNS = (
     "conversion_id",
     "event_id",
@@ -113,12 +143,12 @@ class AttemptRecord:
             self.attempt_no,
             self.trigger,
             self.outcome,
-            self.url_masked,
+            nul_free(self.url_masked),
             self.http_status,
             duration,
-            self.error_class,
-            self.error_message,
-            self.response_excerpt,
+            nul_free(self.error_class),
+            nul_free(self.error_message),
+            nul_free(self.response_excerpt),
             self.created_at,
         )
 
@@ -132,6 +162,9 @@ class DeliveryOutcome:
     status: str  # pending (will retry) | delivered | dead
     last_status: int | None
     last_error: str | None
+    # Claimed attempts given back (a send the breaker deferred after its claim):
+    # the row's last_status/last_error stay as they were.
+    released_attempts: int = 0
 
 
 async def insert_attempts(conn: asyncpg.Connection, records: Sequence[AttemptRecord]) -> None:
@@ -143,28 +176,37 @@ async def insert_attempts(conn: asyncpg.Connection, records: Sequence[AttemptRec
 _APPLY_OUTCOMES = """
 UPDATE deliveries AS d SET
     status = CASE WHEN d.status = 'delivered' THEN d.status ELSE u.status END,
-    last_status = u.last_status,
-    last_error = u.last_error,
+    last_status = CASE WHEN u.released > 0 THEN d.last_status ELSE u.last_status END,
+    last_error = CASE WHEN u.released > 0 THEN d.last_error ELSE u.last_error END,
+    attempts = greatest(d.attempts - u.released, 0),
     delivered_at = CASE WHEN u.status = 'delivered' AND d.delivered_at IS NULL THEN now()
                         ELSE d.delivered_at END,
     updated_at = now()
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[])
-     AS u(conversion_id, sequence, status, last_status, last_error)
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[])
+     AS u(conversion_id, sequence, status, last_status, last_error, released)
 WHERE d.conversion_id = u.conversion_id AND d.sequence = u.sequence
 """
 
 
 async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[DeliveryOutcome]) -> None:
-    # One row per conversion: the latest outcome in the batch wins.
-    latest = {(o.conversion_id, o.sequence): o for o in outcomes}
-    rows = list(latest.values())
+    # One row per conversion: the latest outcome in the batch wins; released attempts add up.
+    latest: dict[tuple[int, int], DeliveryOutcome] = {}
+    released: dict[tuple[int, int], int] = {}
+    for outcome in outcomes:
+        key = (outcome.conversion_id, outcome.sequence)
+        released[key] = released.get(key, 0) + outcome.released_attempts
+        if not outcome.released_attempts or key not in latest:
+            latest[key] = outcome
+    keys = list(latest)
+    rows = [latest[key] for key in keys]
     await conn.execute(
         _APPLY_OUTCOMES,
         [o.conversion_id for o in rows],
         [o.sequence for o in rows],
         [o.status for o in rows],
         [o.last_status for o in rows],
-        [o.last_error for o in rows],
+        [nul_free(o.last_error) for o in rows],
+        [released[key] for key in keys],
     )
 
 
