@@ -1,8 +1,14 @@
-"""The conversion event: what the gateway publishes and the dispatcher consumes.
+"""The conversion events: what the gateway publishes and the dispatcher consumes.
 
-Versioned and self-contained: it carries every value a postback macro needs,
-so the dispatcher never reads the clicks table. Money travels as a decimal
-string, never a float.
+Versioned and self-contained: an event carries every value a postback macro
+needs, so the dispatcher never reads the clicks table. Money travels as a
+decimal string, never a float.
+
+- Version 1: ``conversion.created`` of an approved conversion (older gateways).
+- Version 2: ``conversion.created`` and ``conversion.status_changed``, with the
+  goal, the status (and the previous one) and a per-conversion ``sequence``
+  (1 = created, +1 per change) so consumers can keep a conversion's events in
+  order. Consumers accept both during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -15,8 +21,13 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
-SCHEMA_VERSION: Final = 1
+from postback_core.enums import ConversionStatus
+
+SCHEMA_VERSION: Final = 1  # the first version; decoders accept SCHEMA_VERSIONS
+SCHEMA_VERSION_2: Final = 2
+SCHEMA_VERSIONS: Final = frozenset({SCHEMA_VERSION, SCHEMA_VERSION_2})
 CONVERSION_CREATED: Final = "conversion.created"
+CONVERSION_STATUS_CHANGED: Final = "conversion.status_changed"
 
 DecimalString = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
@@ -58,8 +69,59 @@ class ConversionEvent(BaseModel):
     sub_ids: SubIds = SubIds()
     occurred_at: datetime
 
+    @property
+    def status(self) -> ConversionStatus:
+        """Version 1 only ever announced approved conversions."""
+        return ConversionStatus.APPROVED
+
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
+
+
+class ConversionEventV2(BaseModel):
+    """Schema version 2: a conversion was created, or its status changed.
+
+    The fields of version 1 keep their names and meaning (``payout`` is what
+    the publisher is paid, ``occurred_at`` when this event happened); the
+    lifecycle adds the goal, statuses and ``sequence``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[2] = SCHEMA_VERSION_2
+    event_type: Literal["conversion.created", "conversion.status_changed"] = CONVERSION_CREATED
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    conversion_id: int
+    sequence: int = Field(ge=1)
+    click_id: int
+    external_id: str | None = None
+    publisher_id: int
+    smartlink_id: int | None = None
+    offer_id: int | None = None
+    advertiser_id: int | None = None
+    goal: str
+    status: ConversionStatus
+    previous_status: ConversionStatus | None = None
+    reject_reason: str | None = None
+    payout: DecimalString
+    amount: DecimalString | None = None  # what the advertiser reported (revenue share)
+    currency: str = "USD"
+    txid: str | None = None
+    country: str | None = None
+    ip: str | None = None
+    os: str | None = None
+    device: str | None = None
+    user_agent: str | None = None
+    sub_ids: SubIds = SubIds()
+    clicked_at: datetime | None = None
+    converted_at: datetime
+    occurred_at: datetime
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+AnyConversionEvent = ConversionEvent | ConversionEventV2
 
 
 class ContractError(ValueError):
@@ -70,7 +132,7 @@ class ContractError(ValueError):
         self.reason = reason
 
 
-def decode_conversion_event(body: bytes) -> ConversionEvent:
+def decode_conversion_event(body: bytes) -> AnyConversionEvent:
     """Parse a message body, telling bad JSON, unknown versions and missing fields apart."""
     try:
         raw: Any = orjson.loads(body)
@@ -79,10 +141,11 @@ def decode_conversion_event(body: bytes) -> ConversionEvent:
     if not isinstance(raw, dict):
         raise ContractError("event must be a JSON object")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
         raise ContractError(f"unsupported schema_version: {version!r}")
+    model = ConversionEvent if version == SCHEMA_VERSION else ConversionEventV2
     try:
-        return ConversionEvent.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

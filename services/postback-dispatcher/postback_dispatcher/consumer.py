@@ -38,6 +38,7 @@ from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError
 from postback_core.db.base import asyncpg_dsn, keep_session_state
+from postback_core.enums import ConversionStatus
 from postback_core.topology import (
     DEAD_EXCHANGE,
     HEADER_ATTEMPT,
@@ -370,6 +371,10 @@ class PostbackConsumer:
             log.warning("poison message dead-lettered: %s", exc.reason[:200])
             history = {"reason": "poison", "last_error": exc.reason, "attempts": []}
             await self._publish_dead(message, headers, "poison", history, url_masked=None)
+            self._acks.ack(message)
+            return
+        if event.status != ConversionStatus.APPROVED:
+            # Until postbacks are routed per status, only approved conversions fire one.
             self._acks.ack(message)
             return
 

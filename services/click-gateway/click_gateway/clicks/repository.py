@@ -258,7 +258,7 @@ async def find_click(db: Executor, click_id: int, created_at: datetime) -> async
     row: asyncpg.Record | None = await db.fetchrow(
         """
         SELECT click_id, created_at, external_id, publisher_id, smartlink_id, offer_id,
-               host(ip) AS ip, country, os, device, sub1, sub2, sub3, sub4, sub5
+               host(ip) AS ip, country, os, device, sub1, sub2, sub3, sub4, sub5, user_agent
         FROM clicks
         WHERE click_id = $1 AND created_at = $2
         """,
@@ -275,7 +275,8 @@ async def find_click(db: Executor, click_id: int, created_at: datetime) -> async
 # over every partition.
 FIND_CLICKS = """
 SELECT c.click_id, c.created_at, c.external_id, c.publisher_id, c.smartlink_id, c.offer_id,
-       host(c.ip) AS ip, c.country, c.os, c.device, c.sub1, c.sub2, c.sub3, c.sub4, c.sub5
+       host(c.ip) AS ip, c.country, c.os, c.device, c.sub1, c.sub2, c.sub3, c.sub4, c.sub5,
+       c.user_agent
 FROM unnest($1::bigint[], $2::timestamptz[]) AS k(click_id, created_at)
 CROSS JOIN LATERAL (
     SELECT * FROM clicks
