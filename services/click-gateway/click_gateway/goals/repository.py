@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, null, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postback_core.db.models import DEFAULT_GOAL, Goal
@@ -32,6 +32,8 @@ class GoalRepository:
         self.session = session
 
     async def create(self, **values: Any) -> Goal:
+        if "hold_days" in values and values["hold_days"] is None:
+            values["hold_days"] = null()  # NULL (hold until decided), not the column default
         goal = Goal(**values)
         self.session.add(goal)
         await self.session.flush()
@@ -61,7 +63,7 @@ class GoalRepository:
             .where(Goal.id == goal_id)
             .values(**values, updated_at=func.clock_timestamp())
             .returning(Goal)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
         return (await self.session.scalars(statement)).one_or_none()
 
