@@ -195,7 +195,24 @@ async def catalog_fingerprint(db: Executor) -> tuple[Any, ...]:
              FROM advertisers) AS advertisers
         """
     )
-    return tuple(row.values())
+    # Reaching (or leaving) a cap changes no row the query above summarises.
+    return (*row.values(), frozenset(await capped_offer_ids(db)))
+
+
+# Offers whose default goal reached its daily (UTC) or total cap: rotation skips them.
+CAPPED_OFFERS = """
+SELECT g.offer_id FROM goals g
+WHERE g.name = 'default' AND (g.daily_cap IS NOT NULL OR g.total_cap IS NOT NULL) AND (
+    g.daily_cap <= coalesce((SELECT c.count FROM goal_counters c WHERE c.goal_id = g.id
+                             AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)
+    OR g.total_cap <= coalesce((SELECT c.count FROM goal_counters c WHERE c.goal_id = g.id
+                                AND c.day = '-infinity'::date), 0))
+"""
+
+
+async def capped_offer_ids(db: Executor) -> set[int]:
+    rows = await db.fetch(CAPPED_OFFERS)
+    return {row["offer_id"] for row in rows}
 
 
 async def load_catalog(db: Executor) -> list[asyncpg.Record]:
