@@ -57,13 +57,23 @@ async def update_advertiser(
 
 @router.post("/{advertiser_id}/rotate-key")
 async def rotate_advertiser_key(
-    advertiser_id: int, session: Session, runtime: Runtime, data: KeyRotation | None = None
+    advertiser_id: int,
+    request: Request,
+    session: Session,
+    runtime: Runtime,
+    data: KeyRotation | None = None,
 ) -> KeyRotated:
-    """A new key at once; the old one keeps working until ``previous_key_expires_at``."""
+    """A new key at once; the old one keeps working until ``previous_key_expires_at``.
+
+    Other gateway processes may accept a key rotated out with ``grace_seconds: 0``
+    for up to 30 s more (their key cache).
+    """
     grace = data.grace_seconds if data is not None else None
     if grace is None:
         grace = runtime.settings.api_key_grace_seconds
     try:
-        return await service.rotate_advertiser_key(session, advertiser_id, grace)
+        rotated = await service.rotate_advertiser_key(session, advertiser_id, grace)
     except service.AdvertiserNotFound:
         raise _not_found(advertiser_id) from None
+    request.app.state.advertiser_key_cache.forget(advertiser_id)
+    return rotated
