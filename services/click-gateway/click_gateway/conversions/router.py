@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache, address_refused
 from click_gateway.conversions import bulk, repository, service
+from click_gateway.conversions.holds import HoldExpiry
 from click_gateway.conversions.schemas import (
     MAX_GOAL_LENGTH,
     MAX_REASON_LENGTH,
@@ -52,9 +53,12 @@ T = TypeVar("T")
 async def _recorder_lifespan(app: FastAPI) -> AsyncIterator[None]:
     recorder: ConversionRecorder = app.state.conversion_recorder
     await recorder.start()
+    holds: HoldExpiry = app.state.hold_expiry
+    holds.start()
     try:
         yield
     finally:
+        await holds.stop()
         await recorder.stop()
 
 
@@ -62,7 +66,7 @@ router = APIRouter(prefix="/api/v1/conversions", tags=["conversions"], lifespan=
 
 
 def install(api: FastAPI, clock: service.Clock = service.utc_now) -> None:
-    """One recorder (pool + caches) and one API-key cache per process."""
+    """One recorder (pool + caches), API-key cache and hold job per process."""
     runtime = api.state.runtime
     settings = runtime.settings
     api.state.conversion_recorder = ConversionRecorder(
@@ -73,6 +77,9 @@ def install(api: FastAPI, clock: service.Clock = service.utc_now) -> None:
         clock=clock,
     )
     api.state.advertiser_key_cache = AdvertiserKeyCache()
+    api.state.hold_expiry = HoldExpiry(
+        api.state.conversion_recorder, runtime.clicks.find_click, settings.hold_check_seconds
+    )
     api.include_router(router)
 
 
@@ -190,7 +197,7 @@ async def _change(
         conversion = await find(conn)
         changed = await service.change_status(
             conn,
-            runtime.clicks,
+            runtime.clicks.find_click,
             conversion,
             update.status,
             actor=caller.actor,

@@ -459,7 +459,7 @@ class ConversionRecorder:
 
 async def change_status(
     conn: asyncpg.Connection,
-    clicks: ClickService,
+    find_click: Callable[[int], Awaitable[ClickRecord | None]],
     conversion: StoredConversion,
     wanted: str,
     *,
@@ -500,7 +500,7 @@ async def change_status(
         sequence=change.sequence,
         status_changed_at=now,
     )
-    click = await clicks.find_click(conversion.click_id)
+    click = await find_click(conversion.click_id)
     event_id = uuid.uuid4()
     event = build_event(
         changed,
