@@ -104,11 +104,9 @@ def _csv_rows(body: bytes) -> list[Any]:
         )
     rows: list[Any] = []
     for record in reader:
-        if len(rows) >= MAX_ROWS:
-            break
         rows.append({k: v for k, v in record.items() if k is not None and v not in (None, "")})
-    if len(rows) >= MAX_ROWS and next(reader, None) is not None:
-        rows.append(None)  # over the limit: refused below
+        if len(rows) > MAX_ROWS:
+            break  # one too many is enough to refuse the file
     return rows
 
 
