@@ -99,22 +99,23 @@ async def test_a_json_file_of_reports_and_changes_is_idempotent(
     rows.append({"click_id": "nope"})
     rows.append({"click_id": clicks[1], "goal": "unknown"})
     rows.append({"click_id": clicks[0], "txid": "t0", "status": "rejected", "reason": "fraud"})
+    rows.append({"conversion_id": 1, "status": "rejected", "reason": "nul\x00"})
     first = await _bulk(gateway, setup, rows)
     assert first.status_code == 200, first.text
     results = first.json()["results"]
     assert [r["row"] for r in results] == list(range(len(rows)))
-    assert [r["status_code"] for r in results] == [201] * 301 + [422, 422, 200]
+    assert [r["status_code"] for r in results] == [201] * 301 + [422, 422, 200, 422]
     assert results[301]["detail"] and "unknown" in results[302]["detail"]
     assert results[300]["conversion"]["status"] == "pending"
     assert results[303]["conversion"]["status"] == "rejected"
     assert results[303]["conversion"]["conversion_id"] == results[0]["conversion"]["conversion_id"]
-    assert (first.json()["created"], first.json()["failed"]) == (301, 2)
+    assert (first.json()["created"], first.json()["failed"]) == (301, 3)
     ids = [r["conversion"]["conversion_id"] for r in results if r.get("conversion")]
     written = await _events(db, ids)
 
     again = await _bulk(gateway, setup, rows)
     assert again.status_code == 200
-    assert [r["status_code"] for r in again.json()["results"]] == [200] * 301 + [422, 422, 200]
+    assert [r["status_code"] for r in again.json()["results"]] == [200] * 301 + [422, 422, 200, 422]
     repeated = again.json()["results"]
     assert [r["conversion"] for r in repeated[1:301]] == [r["conversion"] for r in results[1:301]]
     assert repeated[0]["conversion"]["conversion_id"] == results[0]["conversion"]["conversion_id"]

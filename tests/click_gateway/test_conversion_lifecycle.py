@@ -309,3 +309,70 @@ async def test_list_filters_pages_and_scopes_to_the_advertiser(
     assert (
         await gateway.get("/api/v1/conversions", params={"status": "x"}, headers=setup.headers)
     ).status_code == 422
+
+
+async def test_an_operator_reports_and_lists_for_any_advertiser(
+    gateway: httpx.AsyncClient, setup: Setup
+) -> None:
+    response = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": await setup.click(), "goal": "review"},
+        headers=ADMIN_HEADERS,
+    )
+    assert response.status_code == 201, response.text
+    detail = await gateway.get(
+        f"/api/v1/conversions/{response.json()['conversion_id']}", headers=setup.headers
+    )
+    assert detail.status_code == 200  # it is the click's advertiser's conversion
+    assert detail.json()["status_history"][0]["advertiser_id"] == setup.advertiser_id
+    wrong = await gateway.post(
+        "/api/v1/conversions",
+        json={"click_id": await setup.click()},
+        headers={"Authorization": "Bearer not-the-token"},
+    )
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "params"),
+    [
+        ("PATCH", "/{cid}", {"status": "rejected", "reason": "a\x00b"}, None),
+        ("PATCH", "/{cid}", {"status": "rejected", "reason": "r" * 201}, None),
+        ("PATCH", "/{cid}", {"status": None}, None),
+        ("PATCH", "/{cid}", [], None),
+        ("GET", "", None, {"goal": "a\x00"}),
+        ("GET", "", None, {"since": "yesterday"}),
+        ("GET", "", None, {"limit": 0}),
+        ("GET", "", None, {"after_id": 2**63}),
+        ("GET", "/s2s", None, {"goal": "x\x00", "status": "approved"}),
+        ("POST", "", {"goal": "g" * 65}, None),
+        ("POST", "", {"goal": "a\x00"}, None),
+        ("POST", "", {"amount": "-1"}, None),
+        ("POST", "", {"amount": "NaN"}, None),
+        ("POST", "", {"amount": "1e20"}, None),
+        ("POST", "", {"amount": "0.00001"}, None),
+    ],
+)
+async def test_hostile_lifecycle_input_is_422_not_a_500(
+    gateway: httpx.AsyncClient,
+    setup: Setup,
+    method: str,
+    path: str,
+    body: Any,
+    params: dict[str, Any] | None,
+) -> None:
+    click_id = await setup.click()
+    conversion = await _report(gateway, setup, click_id, goal="review", txid="t")
+    if method == "POST":
+        body = {"click_id": click_id, "txid": "other", **body}
+    if path == "/s2s":
+        params = {**(params or {}), "click_id": str(click_id), "txid": "t", "key": setup.key}
+    response = await gateway.request(
+        method,
+        "/api/v1/conversions" + path.format(cid=conversion["conversion_id"]),
+        json=body,
+        params=params,
+        headers=setup.headers,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]

@@ -14,6 +14,8 @@ def _clean_name(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("name must not be blank")
+    if "\x00" in value:
+        raise ValueError("name must not contain NUL characters")
     return value
 
 

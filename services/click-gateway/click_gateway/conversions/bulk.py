@@ -30,6 +30,7 @@ from click_gateway.conversions.schemas import (
     ConversionRead,
     GoalName,
     ReportedAmount,
+    Text,
 )
 from click_gateway.conversions.service import Caller, ConversionRecorder, ConversionRefused
 from click_gateway.offers.schemas import PayoutAmount
@@ -50,9 +51,9 @@ class BulkRow(BaseModel):
     goal: GoalName | None = None
     payout: PayoutAmount | None = None
     amount: ReportedAmount | None = None
-    txid: str | None = Field(None, max_length=MAX_TXID_LENGTH)
+    txid: Text | None = Field(None, max_length=MAX_TXID_LENGTH)
     status: ConversionStatus | None = None
-    reason: str | None = Field(None, max_length=MAX_REASON_LENGTH)
+    reason: Text | None = Field(None, max_length=MAX_REASON_LENGTH)
 
 
 class RowResult(BaseModel):

@@ -33,6 +33,7 @@ from click_gateway.conversions.schemas import (
     ReportedAmount,
     StatusHistoryEntry,
     StatusUpdate,
+    Text,
 )
 from click_gateway.conversions.service import (
     OPERATOR,
@@ -243,13 +244,13 @@ async def report_conversion_s2s(
     click_id: Annotated[ClickId, Query()],
     payout: Annotated[str | None, Query(description="Decimal; empty = goal payout.")] = None,
     txid: Annotated[str | None, Query(max_length=MAX_TXID_LENGTH)] = None,
-    goal: Annotated[str | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
+    goal: Annotated[Text | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
     amount: Annotated[str | None, Query(description="Decimal: the sale's value.")] = None,
     status: Annotated[
         ConversionStatus | None,
         Query(description="Change the status of the conversion already reported as txid."),
     ] = None,
-    reason: Annotated[str | None, Query(max_length=MAX_REASON_LENGTH)] = None,
+    reason: Annotated[Text | None, Query(max_length=MAX_REASON_LENGTH)] = None,
 ) -> ConversionRead:
     """The same as POST (and, with ``status=``, as PATCH) for trackers that can only fire a URL."""
     if status is not None:
@@ -359,7 +360,7 @@ async def list_conversions(
     recorder: Recorder,
     caller: HeaderCaller,
     status: ConversionStatus | None = None,
-    goal: Annotated[str | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
+    goal: Annotated[Text | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
     since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
     until: Annotated[datetime | None, Query(description="Created before.")] = None,
     advertiser_id: Annotated[

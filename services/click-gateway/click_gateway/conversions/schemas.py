@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
 from click_gateway.offers.schemas import PayoutAmount
 from click_gateway.pagination import MAX_BIGINT
@@ -16,6 +16,16 @@ from postback_core.enums import ConversionActor, ConversionStatus
 MAX_TXID_LENGTH = 128
 MAX_GOAL_LENGTH = 64
 MAX_REASON_LENGTH = 200
+
+
+def _no_nul(value: str) -> str:
+    """PostgreSQL text can't hold NUL: refuse it here (422) instead of failing in the database."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 ClickId = Annotated[int, Field(gt=0, le=MAX_BIGINT, description="Our internal click id.")]
 ConversionId = Annotated[int, Field(gt=0, le=MAX_BIGINT)]
 # What the advertiser reports (a sale's value): revenue-share goals pay a percentage of it.
@@ -28,7 +38,7 @@ Money = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
 ]
 GoalName = Annotated[
-    str,
+    Text,
     Field(
         min_length=1,
         max_length=MAX_GOAL_LENGTH,
@@ -55,7 +65,7 @@ class ConversionCreate(BaseModel):
 
 class StatusUpdate(BaseModel):
     status: ConversionStatus
-    reason: str | None = Field(None, max_length=MAX_REASON_LENGTH)
+    reason: Text | None = Field(None, max_length=MAX_REASON_LENGTH)
 
 
 class ConversionRead(BaseModel):
