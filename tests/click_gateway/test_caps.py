@@ -109,7 +109,9 @@ async def test_fifty_at_once_against_a_cap_of_ten_keep_exactly_ten(
     assert {b["reject_reason"] for b in refused} == {"cap_reached"}
     # The stored rows agree with the answers.
     listed = await gateway.get(
-        "/api/v1/conversions", params={"goal": "install", "limit": 100}, headers=ADMIN_HEADERS
+        "/api/v1/conversions",
+        params={"goal": "install", "limit": 100},
+        headers={"X-Api-Key": setup.key},
     )
     mine = {b["conversion_id"] for b in bodies}
     stored = [c for c in listed.json()["items"] if c["conversion_id"] in mine]
@@ -246,3 +248,40 @@ async def test_the_window_is_measured_with_the_services_clock(
     assert datetime.fromisoformat(outside.json()["created_at"]) > datetime.now(UTC) + timedelta(
         days=29
     )
+
+
+async def test_reversals_racing_new_conversions_keep_the_counters_exact(
+    gateway: httpx.AsyncClient, setup: Setup
+) -> None:
+    """Reversals free slots while new conversions take them: no deadlock, no drift."""
+    await _goal(gateway, setup, name="install", daily_cap=10, total_cap=10)
+    first = [await _convert(gateway, setup, goal="install") for _ in range(10)]
+    assert {r.json()["status"] for r in first} == {"approved"}
+    clicks = [await setup.click() for _ in range(20)]
+    reversals = [
+        gateway.patch(
+            f"/api/v1/conversions/{r.json()['conversion_id']}",
+            json={"status": "rejected"},
+            headers={"X-Api-Key": setup.key},
+        )
+        for r in first[:5]
+    ]
+    news = [_convert(gateway, setup, c, goal="install") for c in clicks]
+    responses = await asyncio.gather(*reversals, *news)
+    assert all(r.status_code in (200, 201) for r in responses), [
+        r.text for r in responses if r.status_code >= 300
+    ]
+    listed = await gateway.get(
+        "/api/v1/conversions",
+        params={"goal": "install", "limit": 500},
+        headers={"X-Api-Key": setup.key},
+    )
+    mine = {r.json()["conversion_id"] for r in first} | {
+        r.json()["conversion_id"] for r in responses[5:]
+    }
+    kept = [c for c in listed.json()["items"] if c["conversion_id"] in mine]
+    counted = sum(1 for c in kept if c["status"] != "rejected")
+    assert 5 <= counted <= 10
+    # And what is counted is exactly what the cap still allows: fill it up.
+    extra = [await _convert(gateway, setup, goal="install") for _ in range(11 - counted)]
+    assert [r.json()["status"] for r in extra] == ["approved"] * (10 - counted) + ["rejected"]

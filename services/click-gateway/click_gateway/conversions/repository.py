@@ -22,7 +22,7 @@ from typing import TypeAlias
 import asyncpg
 import orjson
 
-from postback_core.enums import ConversionActor, ConversionStatus
+from postback_core.enums import ConversionActor
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -394,13 +394,14 @@ async def take_cap_slot(conn: asyncpg.Connection, goal: GoalTerms, day: date) ->
 
     Inside the caller's transaction: the counter rows stay locked until it
     ends, and an UPDATE that waited re-checks ``count < cap`` on the row it
-    finally gets, so concurrent conversions can't overshoot.
+    finally gets, so concurrent conversions can't overshoot. Every path locks
+    the all-time row before the day's row (no deadlocks between them).
     """
-    if goal.daily_cap is not None and not await _bump(conn, goal.id, day, goal.daily_cap):
-        return False
     if goal.total_cap is not None and not await _bump(conn, goal.id, None, goal.total_cap):
-        if goal.daily_cap is not None:
-            await release_cap_slot(conn, goal.id, day, total=False)
+        return False
+    if goal.daily_cap is not None and not await _bump(conn, goal.id, day, goal.daily_cap):
+        if goal.total_cap is not None:
+            await _adjust(conn, goal.id, None, -1)
         return False
     return True
 
@@ -424,29 +425,24 @@ async def _bump(conn: asyncpg.Connection, goal_id: int, day: date | None, cap: i
     return taken is not None
 
 
-async def release_cap_slot(
-    conn: asyncpg.Connection, goal_id: int, day: date, *, total: bool = True
-) -> None:
-    """A conversion stopped counting (rejected): give its slots back, where counted."""
+async def _adjust(conn: asyncpg.Connection, goal_id: int, day: date | None, delta: int) -> None:
+    """Move an existing counter (no row: the goal is not counted that day); never below 0."""
     await conn.execute(
-        "UPDATE goal_counters SET count = count - 1 WHERE goal_id = $1 AND count > 0"
-        " AND (day = $2 OR ($3 AND day = '-infinity'::date))",
+        "UPDATE goal_counters SET count = greatest(count + $3, 0)"
+        " WHERE goal_id = $1 AND day = coalesce($2::date, '-infinity'::date)",
         goal_id,
         day,
-        total,
+        delta,
     )
+
+
+async def release_cap_slot(conn: asyncpg.Connection, goal_id: int, day: date) -> None:
+    """A conversion stopped counting (rejected): give its slots back, where counted."""
+    await _adjust(conn, goal_id, None, -1)
+    await _adjust(conn, goal_id, day, -1)
 
 
 async def count_cap_slot(conn: asyncpg.Connection, goal_id: int, day: date) -> None:
     """A conversion counts again (an operator approved a rejected one): no cap check."""
-    await conn.execute(
-        "UPDATE goal_counters SET count = count + 1 WHERE goal_id = $1"
-        " AND (day = $2 OR day = '-infinity'::date)",
-        goal_id,
-        day,
-    )
-
-
-def status_counts(status: str) -> bool:
-    """Whether a conversion in this status uses a cap slot (rejections don't)."""
-    return status != ConversionStatus.REJECTED
+    await _adjust(conn, goal_id, None, 1)
+    await _adjust(conn, goal_id, day, 1)
