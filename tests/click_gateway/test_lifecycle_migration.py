@@ -77,6 +77,17 @@ async def test_existing_offers_get_a_default_goal_and_conversions_attach_to_it(
         ] * 2
         window = await conn.fetchval("SELECT attribution_window_days FROM offers")
         assert window == 30
+        # From now on the database keeps every offer's default goal, however it is written.
+        new_offer = await conn.fetchval(
+            "INSERT INTO offers (advertiser_id, name, url_template, payout)"
+            " VALUES ($1, 'n', 'https://x.example/?c={click_id}', 0.10) RETURNING id",
+            advertiser,
+        )
+        await conn.execute("UPDATE offers SET payout = 0.20 WHERE id = $1", new_offer)
+        default = await conn.fetchrow(
+            "SELECT name, payout, allow_multiple FROM goals WHERE offer_id = $1", new_offer
+        )
+        assert tuple(default) == ("default", Decimal("0.2000"), True)
         # Idempotency still holds: one (click, goal, txid).
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(

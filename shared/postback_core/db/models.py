@@ -129,7 +129,8 @@ DEFAULT_GOAL = "default"
 class Goal(Base):
     """A conversion event an offer pays for (install, purchase, ...).
 
-    Every offer has one named ``default`` carrying the offer's payout. A goal
+    Every offer has one named ``default`` carrying the offer's payout (a
+    trigger creates it and follows the offer's payout, see migration 0003). A goal
     pays either a fixed ``payout`` or ``revenue_share_percent`` of the amount
     the advertiser reports. ``hold_days``: 0 approves at once, N holds the
     conversion pending for N days, NULL holds it until someone decides.

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, null, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postback_core.db.models import DEFAULT_GOAL, Goal
+from postback_core.db.models import Goal
 
 # The all-time row and today's row, recounted from the conversions themselves.
 _RECOUNT = text(
@@ -66,14 +66,6 @@ class GoalRepository:
             .execution_options(synchronize_session=False, populate_existing=True)
         )
         return (await self.session.scalars(statement)).one_or_none()
-
-    async def set_default_payout(self, offer_id: int, payout: Any) -> None:
-        """The offer's payout changed: its default goal pays the same."""
-        await self.session.execute(
-            update(Goal)
-            .where(Goal.offer_id == offer_id, Goal.name == DEFAULT_GOAL)
-            .values(payout=payout, revenue_share_percent=None, updated_at=func.clock_timestamp())
-        )
 
     async def recount(self, goal_id: int, today: date) -> None:
         """Seed the cap counters from the conversions (a cap was set or changed)."""

@@ -1,4 +1,9 @@
-"""Goals of an offer. The ``default`` goal mirrors the offer's payout, both ways."""
+"""Goals of an offer.
+
+The ``default`` goal mirrors the offer's payout both ways: the database creates
+it with the offer and follows payout changes (a trigger, see migration 0003);
+changing the default goal's payout here changes the offer's.
+"""
 
 from __future__ import annotations
 
@@ -46,17 +51,6 @@ def _check_payout(payout: Decimal | None, max_payout: Decimal) -> None:
 
 def _today() -> Any:
     return datetime.now(UTC).date()
-
-
-async def create_default_goal(session: AsyncSession, offer_id: int, payout: Decimal) -> None:
-    """Every offer has one: the offer's payout, several conversions per click by txid."""
-    await GoalRepository(session).create(
-        offer_id=offer_id, name=DEFAULT_GOAL, payout=payout, hold_days=0, allow_multiple=True
-    )
-
-
-async def set_default_payout(session: AsyncSession, offer_id: int, payout: Decimal) -> None:
-    await GoalRepository(session).set_default_payout(offer_id, payout)
 
 
 async def create_goal(

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from click_gateway.advertisers.service import advertiser_exists
-from click_gateway.goals.service import create_default_goal, set_default_payout
 from click_gateway.offers.macros import validate_offer_url_template
 from click_gateway.offers.repository import OfferRepository
 from click_gateway.offers.schemas import OfferCreate, OfferRead, OfferUpdate
@@ -45,7 +44,6 @@ async def create_offer(session: AsyncSession, data: OfferCreate, max_payout: Dec
         weight=data.weight,
         attribution_window_days=data.attribution_window_days,
     )
-    await create_default_goal(session, offer.id, offer.payout)
     return OfferRead.model_validate(offer)
 
 
@@ -70,8 +68,6 @@ async def update_offer(
     offer = await repository.update(offer_id, values) if values else await repository.get(offer_id)
     if offer is None:
         raise OfferNotFound(offer_id)
-    if "payout" in values:
-        await set_default_payout(session, offer_id, values["payout"])
     return OfferRead.model_validate(offer)
 
 

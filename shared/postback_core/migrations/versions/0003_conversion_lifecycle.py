@@ -15,6 +15,30 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+# Every offer has its default goal, paying the offer's payout: the database keeps it
+# so (offers created by any path, e.g. raw SQL, get one; a payout change follows).
+DEFAULT_GOAL_TRIGGER = (
+    """
+CREATE OR REPLACE FUNCTION offer_default_goal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO goals (offer_id, name, payout, hold_days, allow_multiple)
+        VALUES (NEW.id, 'default', NEW.payout, 0, true)
+        ON CONFLICT (offer_id, name) DO NOTHING;
+    ELSIF NEW.payout IS DISTINCT FROM OLD.payout THEN
+        UPDATE goals SET payout = NEW.payout, revenue_share_percent = NULL,
+                         updated_at = clock_timestamp()
+        WHERE offer_id = NEW.id AND name = 'default';
+    END IF;
+    RETURN NULL;
+END $$
+""",
+    """
+CREATE TRIGGER offers_default_goal AFTER INSERT OR UPDATE OF payout ON offers
+FOR EACH ROW EXECUTE FUNCTION offer_default_goal()
+""",
+)
+
 revision: str = "0003"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -117,6 +141,8 @@ def upgrade() -> None:
         "INSERT INTO goals (offer_id, name, payout, hold_days, allow_multiple) "
         "SELECT id, 'default', payout, 0, true FROM offers"
     )
+    for statement in DEFAULT_GOAL_TRIGGER:
+        op.execute(statement)
 
     op.add_column("conversions", sa.Column("goal_id", sa.BigInteger(), nullable=True))
     op.add_column(
@@ -190,6 +216,8 @@ def downgrade() -> None:
     ):
         op.drop_column("conversions", column)
     op.drop_table("conversion_status_history")
+    op.execute("DROP TRIGGER IF EXISTS offers_default_goal ON offers")
+    op.execute("DROP FUNCTION IF EXISTS offer_default_goal()")
     op.drop_table("goal_counters")
     op.drop_table("goals")
     op.drop_column("offers", "attribution_window_days")
