@@ -37,7 +37,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
 
 from postback_core.db.base import Base
-from postback_core.enums import ConversionStatus, sql_values
+from postback_core.enums import ConversionActor, ConversionStatus, sql_values
 
 # Money: 12 digits, 4 after the point (payouts are USD amounts such as 0.50).
 Money = Numeric(12, 4)
@@ -301,6 +301,13 @@ class ConversionStatusChange(Base):
     """A conversion's status history: one row per event (``sequence`` 1 = created)."""
 
     __tablename__ = "conversion_status_history"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({sql_values(ConversionStatus)})", name="status_known"),
+        CheckConstraint(
+            f"previous_status IN ({sql_values(ConversionStatus)})", name="previous_status_known"
+        ),
+        CheckConstraint(f"actor IN ({sql_values(ConversionActor)})", name="actor_known"),
+    )
 
     conversion_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True)

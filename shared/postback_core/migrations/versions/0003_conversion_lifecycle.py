@@ -15,6 +15,10 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+# The values as they are today (a migration must not change when the enums grow).
+STATUSES = "'pending', 'approved', 'rejected'"
+ACTORS = "'advertiser', 'operator', 'hold_expiry', 'rules'"
+
 # Every offer has its default goal, paying the offer's payout: the database keeps it
 # so (offers created by any path, e.g. raw SQL, get one; a payout change follows).
 DEFAULT_GOAL_TRIGGER = (
@@ -132,6 +136,16 @@ def upgrade() -> None:
         sa.Column(
             "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
+        sa.CheckConstraint(
+            f"status IN ({STATUSES})", name=op.f("ck_conversion_status_history_status_known")
+        ),
+        sa.CheckConstraint(
+            f"previous_status IN ({STATUSES})",
+            name=op.f("ck_conversion_status_history_previous_status_known"),
+        ),
+        sa.CheckConstraint(
+            f"actor IN ({ACTORS})", name=op.f("ck_conversion_status_history_actor_known")
+        ),
         sa.PrimaryKeyConstraint(
             "conversion_id", "sequence", name=op.f("pk_conversion_status_history")
         ),
@@ -193,7 +207,7 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_conversions_status_known"),
         "conversions",
-        "status IN ('pending', 'approved', 'rejected')",
+        f"status IN ({STATUSES})",
     )
 
 
