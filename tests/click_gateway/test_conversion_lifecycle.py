@@ -342,6 +342,8 @@ async def test_an_operator_reports_and_lists_for_any_advertiser(
         ("PATCH", "/{cid}", [], None),
         ("GET", "", None, {"goal": "a\x00"}),
         ("GET", "", None, {"since": "yesterday"}),
+        ("GET", "", None, {"until": "9999-12-31T23:59:00-12:00"}),
+        ("GET", "", None, {"since": "0001-01-01T00:00:00+14:00"}),
         ("GET", "", None, {"limit": 0}),
         ("GET", "", None, {"after_id": 2**63}),
         ("GET", "/s2s", None, {"goal": "x\x00", "status": "approved"}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
@@ -355,6 +355,18 @@ async def get_conversion(
     )
 
 
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """In UTC (naive = UTC); 422 for a moment PostgreSQL can't represent."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise HTTPException(
+            http_status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name} is out of range"
+        ) from None
+
+
 @router.get("")
 async def list_conversions(
     recorder: Recorder,
@@ -370,6 +382,7 @@ async def list_conversions(
     after_id: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ConversionPage:
     """Keyset pages by id, oldest first; an advertiser sees only its own."""
+    since, until = _utc(since, "since"), _utc(until, "until")
     scope = caller.advertiser_id if caller.advertiser_id is not None else advertiser_id
     rows = await repository.list_after(
         recorder.pool,
