@@ -149,6 +149,7 @@ async def test_a_csv_file_with_a_header(
         (b"click_id,colour\n1,red\n", "text/csv", 422),
         (b"click_id\n1\x00\n", "text/csv", 422),
         (b"\xff\xfe", "text/csv", 422),
+        (b"click_id,txid\n1," + b"t" * 200_000 + b"\n", "text/csv", 422),
         (orjson.dumps([{"click_id": 1}] * 10_001), "application/json", 413),
         (b"click_id\n" + b"1\n" * 10_001, "text/csv", 413),
     ],

@@ -95,7 +95,13 @@ def _csv_rows(body: bytes) -> list[Any]:
         raise _refuse("the CSV file must be UTF-8") from None
     if "\x00" in text:
         raise _refuse("the CSV file must not contain NUL characters")
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _read_csv(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise _refuse(f"unreadable CSV: {str(exc)[:200]}") from None
+
+
+def _read_csv(reader: csv.DictReader[str]) -> list[Any]:
     known = set(BulkRow.model_fields)
     unknown = [name for name in reader.fieldnames or () if name not in known]
     if not reader.fieldnames or unknown:
