@@ -1,8 +1,14 @@
-"""The conversion event: what the gateway publishes and the dispatcher consumes.
+"""The conversion events: what the gateway publishes and the dispatcher consumes.
 
-Versioned and self-contained: it carries every value a postback macro needs,
-so the dispatcher never reads the clicks table. Money travels as a decimal
-string, never a float.
+Versioned and self-contained: an event carries every value a postback macro
+needs, so the dispatcher never reads the clicks table. Money travels as a
+decimal string, never a float.
+
+- Version 1: ``conversion.created`` of an approved conversion (older gateways).
+- Version 2: ``conversion.created`` and ``conversion.status_changed``, with the
+  goal, the status (and the previous one) and a per-conversion ``sequence``
+  (1 = created, +1 per change) so consumers can keep a conversion's events in
+  order. Consumers accept both during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ from pydantic import (
     ValidationError,
 )
 
-SCHEMA_VERSION: Final = 1
+from postback_core.enums import ConversionStatus
+
+SCHEMA_VERSION: Final = 1  # the first version; decoders accept SCHEMA_VERSIONS
+SCHEMA_VERSION_2: Final = 2
+SCHEMA_VERSIONS: Final = frozenset({SCHEMA_VERSION, SCHEMA_VERSION_2})
 CONVERSION_CREATED: Final = "conversion.created"
+CONVERSION_STATUS_CHANGED: Final = "conversion.status_changed"
 
 # Ranges of the columns these values end up in: a value outside them decodes
 # fine but fails in SQL later, after it has been batched with valid messages.
@@ -33,6 +44,7 @@ PAYOUT_WHOLE_DIGITS: Final = 8  # Numeric(12, 4)
 PAYOUT_DECIMALS: Final = 4
 MAX_PAYOUT: Final = Decimal("99999999.9999")
 MAX_TEXT_CHARS: Final = 1024
+MAX_SEQUENCE: Final = 2**31 - 1  # integer
 # A real event is well under 2 KiB; anything this big is not one, and copying it
 # (retry tier, dead letter) would push the broker towards its frame limits.
 MAX_EVENT_BYTES: Final = 64 * 1024
@@ -47,6 +59,8 @@ def _no_nul(value: str) -> str:
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
+# User agents are stored whole up to the click path's own cap (clicks/visitor.py).
+LongText = Annotated[str, StringConstraints(max_length=4 * MAX_TEXT_CHARS), AfterValidator(_no_nul)]
 DecimalString = Annotated[
     Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json")
 ]
@@ -97,8 +111,61 @@ class ConversionEvent(BaseModel):
     sub_ids: SubIds = SubIds()
     occurred_at: datetime
 
+    @property
+    def status(self) -> ConversionStatus:
+        """Version 1 only ever announced approved conversions."""
+        return ConversionStatus.APPROVED
+
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
+
+
+class ConversionEventV2(BaseModel):
+    """Schema version 2: a conversion was created, or its status changed.
+
+    The fields of version 1 keep their names and meaning (``payout`` is what
+    the publisher is paid, ``occurred_at`` when this event happened); the
+    lifecycle adds the goal, statuses and ``sequence``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[2] = SCHEMA_VERSION_2
+    event_type: Literal["conversion.created", "conversion.status_changed"] = CONVERSION_CREATED
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    conversion_id: Id
+    sequence: int = Field(ge=1, le=MAX_SEQUENCE)
+    click_id: Id
+    external_id: Text | None = None
+    publisher_id: Id
+    smartlink_id: Id | None = None
+    offer_id: Id | None = None
+    advertiser_id: Id | None = None
+    goal: Text
+    status: ConversionStatus
+    previous_status: ConversionStatus | None = None
+    reject_reason: Text | None = None
+    payout: Payout
+    amount: Payout | None = None  # what the advertiser reported (revenue share)
+    currency: Text = "USD"
+    txid: Text | None = None
+    country: Text | None = None
+    ip: Text | None = None
+    os: Text | None = None
+    device: Text | None = None
+    user_agent: LongText | None = None
+    sub_ids: SubIds = SubIds()
+    clicked_at: datetime | None = None
+    converted_at: datetime
+    occurred_at: datetime
+
+    def to_json(self) -> bytes:
+        # pydantic's own serializer: the same JSON as orjson over model_dump, in half the time
+        # (the gateway builds one per conversion).
+        return self.model_dump_json().encode()
+
+
+AnyConversionEvent = ConversionEvent | ConversionEventV2
 
 
 class ContractError(ValueError):
@@ -117,7 +184,7 @@ class OversizedEvent(ContractError):
         self.size = size
 
 
-def decode_conversion_event(body: bytes) -> ConversionEvent:
+def decode_conversion_event(body: bytes) -> AnyConversionEvent:
     """Parse a message body, telling bad JSON, unknown versions and missing fields apart.
 
     Every value is range-checked against the column it is stored in, so a
@@ -132,10 +199,11 @@ def decode_conversion_event(body: bytes) -> ConversionEvent:
     if not isinstance(raw, dict):
         raise ContractError("event must be a JSON object")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
         raise ContractError(f"unsupported schema_version: {repr(version)[:50]}")
+    model = ConversionEvent if version == SCHEMA_VERSION else ConversionEventV2
     try:
-        return ConversionEvent.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])[:100]}: {err['msg']}"

@@ -81,6 +81,22 @@ class ConversionStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class ConversionRejectReason(StrEnum):
+    """Why the platform itself stored a conversion as rejected (operators may give others)."""
+
+    CAP_REACHED = "cap_reached"  # beyond the goal's daily or total cap
+    ATTRIBUTION_WINDOW = "attribution_window"  # the click is older than the offer's window
+
+
+class ConversionActor(StrEnum):
+    """Who set a conversion's status (``conversion_status_history.actor``)."""
+
+    ADVERTISER = "advertiser"
+    OPERATOR = "operator"
+    HOLD_EXPIRY = "hold_expiry"  # the scheduled job, when a hold ended
+    RULES = "rules"  # caps and the attribution window, at creation
+
+
 def sql_values(enum: type[StrEnum]) -> str:
     """``'a', 'b', 'c'``: the members as an SQL list, for ``CHECK (column IN (...))``."""
     return ", ".join("'" + member.value.replace("'", "''") + "'" for member in enum)

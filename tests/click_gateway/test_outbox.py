@@ -87,7 +87,7 @@ async def test_conversion_event_is_published_quickly_with_proper_properties(
     assert message.message_id == str(event.event_id)
     assert message.content_type == "application/json"
     assert message.delivery_mode == 2  # persistent
-    assert message.headers["x-schema-version"] == 1
+    assert message.headers["x-schema-version"] == event.schema_version == 2  # the v2 contract
     assert latency < 5, f"POST → event took {latency * 1000:.1f} ms"
 
 

@@ -25,6 +25,12 @@ class GatewaySettings(HTTPServiceSettings):
     outbox_batch_size: int = Field(500, alias="OUTBOX_BATCH_SIZE", ge=1, le=10_000)
     outbox_poll_seconds: float = Field(1.0, alias="OUTBOX_POLL_SECONDS", gt=0, le=60)
     max_payout: str = Field("10000", alias="MAX_PAYOUT")
+    # After a key rotation, the old advertiser or publisher key works this much longer.
+    api_key_grace_seconds: int = Field(
+        86_400, alias="API_KEY_GRACE_SECONDS", ge=0, le=30 * 24 * 3600
+    )
+    # How often the scheduled job looks for held conversions whose hold ended.
+    hold_check_seconds: float = Field(30.0, alias="HOLD_CHECK_SECONDS", gt=0, le=3600)
 
     @property
     def workers(self) -> int:

@@ -46,7 +46,13 @@ from aiormq.abc import DeliveredMessage
 
 from postback_core.contracts import ContractError, OversizedEvent
 from postback_core.db.base import asyncpg_dsn, keep_session_state
-from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeliveryStatus
+from postback_core.enums import (
+    AttemptOutcome,
+    AttemptTrigger,
+    ConversionStatus,
+    DeadLetterReason,
+    DeliveryStatus,
+)
 from postback_core.security import mask_in_text
 from postback_core.topology import (
     DEAD_EXCHANGE,
@@ -395,6 +401,10 @@ class PostbackConsumer:
                 raise ContractError(f"{HEADER_SEQUENCE} header out of range: {sequence}"[:200])
         except ContractError as exc:
             await self._dead_letter_unreadable(message, headers, exc)
+            return
+        if event.status != ConversionStatus.APPROVED:
+            # Until postbacks are routed per status, only approved conversions fire one.
+            self._acks.ack(message)
             return
 
         key = (event.conversion_id, sequence)

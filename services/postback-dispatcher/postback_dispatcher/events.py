@@ -26,11 +26,12 @@ from postback_core.contracts import (
     MAX_ID,
     MAX_TEXT_CHARS,
     SCHEMA_VERSION,
+    AnyConversionEvent,
     ContractError,
-    ConversionEvent,
     OversizedEvent,
     decode_conversion_event,
 )
+from postback_core.enums import ConversionStatus
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Within Numeric(12, 4) by its shape (anything else, e.g. "-0" or "0.50000", is
@@ -44,7 +45,11 @@ _SUB_IDS = frozenset({"sub1", "sub2", "sub3", "sub4", "sub5"})
 
 
 class DispatchEvent:
-    """The fields of a schema-v1 ``conversion.created`` (validated), as plain attributes."""
+    """The fields of a conversion event (validated) the dispatcher uses, as plain attributes.
+
+    Schema v1 takes the fast path below; v2 (statuses, goals) goes through the
+    contract's decoder. ``status`` is ``approved`` for every v1 event.
+    """
 
     __slots__ = (
         "advertiser_id",
@@ -62,6 +67,7 @@ class DispatchEvent:
         "payout",
         "publisher_id",
         "smartlink_id",
+        "status",
         "txid",
     )
 
@@ -81,9 +87,10 @@ class DispatchEvent:
     os: str | None
     device: str | None
     occurred_at: datetime
+    status: ConversionStatus
 
     @classmethod
-    def from_model(cls, model: ConversionEvent) -> DispatchEvent:
+    def from_model(cls, model: AnyConversionEvent) -> DispatchEvent:
         event = cls.__new__(cls)
         for name in cls.__slots__:
             setattr(event, name, getattr(model, name))
@@ -180,6 +187,7 @@ def _fast(raw: dict[str, Any]) -> DispatchEvent | None:
     event.os = os
     event.device = device
     event.occurred_at = when
+    event.status = ConversionStatus.APPROVED
     return event
 
 

@@ -9,7 +9,7 @@ them. Relationships are ``lazy="raise"``: every load is explicit.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, CIDR, INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -39,6 +40,8 @@ from postback_core.db.base import Base
 from postback_core.enums import (
     AttemptOutcome,
     AttemptTrigger,
+    ConversionActor,
+    ConversionStatus,
     DeadLetterReason,
     DeadLetterState,
     DeliveryStatus,
@@ -61,6 +64,9 @@ class Publisher(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # After a key rotation the old key keeps working until previous_key_expires_at.
+    previous_api_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
@@ -92,6 +98,10 @@ class Advertiser(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    previous_api_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # NULL: conversions from any address; else only from these networks.
+    allowed_ips: Mapped[list[str] | None] = mapped_column(ARRAY(CIDR))
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
@@ -114,11 +124,79 @@ class Offer(Base):
     os: Mapped[list[str] | None] = mapped_column(ARRAY(String(50)))
     devices: Mapped[list[str] | None] = mapped_column(ARRAY(String(20)))
     weight: Mapped[int] = mapped_column(Integer, server_default=text("100"))
+    # A conversion for a click older than this is stored rejected.
+    attribution_window_days: Mapped[int] = mapped_column(Integer, server_default=text("30"))
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now(), index=True
     )
+
+
+DEFAULT_GOAL = "default"
+
+
+class Goal(Base):
+    """A conversion event an offer pays for (install, purchase, ...).
+
+    Every offer has one named ``default`` carrying the offer's payout (a
+    trigger creates it and follows the offer's payout, see migration 0003). A goal
+    pays either a fixed ``payout`` or ``revenue_share_percent`` of the amount
+    the advertiser reports. ``hold_days``: 0 approves at once, N holds the
+    conversion pending for N days, NULL holds it until someone decides.
+    """
+
+    __tablename__ = "goals"
+    __table_args__ = (
+        UniqueConstraint("offer_id", "name", name="uq_goals_offer_id_name"),
+        CheckConstraint(
+            "(payout IS NULL) <> (revenue_share_percent IS NULL)", name="one_payout_rule"
+        ),
+        CheckConstraint("payout >= 0", name="payout_not_negative"),
+        CheckConstraint(
+            "revenue_share_percent >= 0 AND revenue_share_percent <= 100",
+            name="revenue_share_percent_range",
+        ),
+        CheckConstraint("hold_days >= 0", name="hold_days_not_negative"),
+        CheckConstraint("daily_cap >= 0", name="daily_cap_not_negative"),
+        CheckConstraint("total_cap >= 0", name="total_cap_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    offer_id: Mapped[int] = mapped_column(ForeignKey("offers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    payout: Mapped[Decimal | None] = mapped_column(Money)
+    revenue_share_percent: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
+    hold_days: Mapped[int | None] = mapped_column(Integer, server_default=text("0"))
+    daily_cap: Mapped[int | None] = mapped_column(Integer)
+    total_cap: Mapped[int | None] = mapped_column(Integer)
+    allow_multiple: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+# goal_counters.day for the all-time row of a goal (the others are UTC days).
+TOTAL_COUNTER_DAY = "-infinity"
+
+
+class GoalCounter(Base):
+    """Conversions of a capped goal that count against its cap (not rejected), per UTC day.
+
+    The row ``day = '-infinity'`` is the all-time total. Incremented with
+    ``count < cap`` in the same transaction as the conversion insert, so the
+    row lock makes caps exact under concurrency.
+    """
+
+    __tablename__ = "goal_counters"
+    __table_args__ = (CheckConstraint("count >= 0", name="count_not_negative"),)
+
+    goal_id: Mapped[int] = mapped_column(
+        ForeignKey("goals.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class SmartLink(Base):
@@ -180,26 +258,75 @@ class Click(Base):
 
 
 class Conversion(Base):
-    """One reported conversion; ``(click_id, txid)`` is unique (idempotency)."""
+    """One reported conversion of one goal.
+
+    ``(click_id, goal_id, txid)`` is unique (idempotency); for a goal that
+    does not allow multiple conversions, ``once_per_click`` makes
+    ``(click_id, goal_id)`` unique as well. ``sequence`` counts the
+    conversion's events (1 = created), so consumers can keep their order.
+    """
 
     __tablename__ = "conversions"
     __table_args__ = (
-        UniqueConstraint("click_id", "txid", name="uq_conversions_click_id_txid"),
+        UniqueConstraint("click_id", "goal_id", "txid", name="uq_conversions_click_goal_txid"),
+        Index(
+            "uq_conversions_once_per_click",
+            "click_id",
+            "goal_id",
+            unique=True,
+            postgresql_where=text("once_per_click"),
+        ),
+        Index(
+            "ix_conversions_hold_until",
+            "hold_until",
+            postgresql_where=text("status = 'pending' AND hold_until IS NOT NULL"),
+        ),
+        Index("ix_conversions_advertiser_id_id", "advertiser_id", "id"),
         CheckConstraint("payout >= 0", name="payout_not_negative"),
+        CheckConstraint(f"status IN ({sql_values(ConversionStatus)})", name="status_known"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     click_id: Mapped[int] = mapped_column(BigInteger)
-    # '' when the advertiser sent none: one conversion per click unless a txid differs.
+    goal_id: Mapped[int] = mapped_column(BigInteger)
+    # '' when the advertiser sent none: one conversion per click and goal unless a txid differs.
     txid: Mapped[str] = mapped_column(String(128), server_default=text("''"))
+    once_per_click: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
-    advertiser_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    advertiser_id: Mapped[int] = mapped_column(BigInteger)
     publisher_id: Mapped[int] = mapped_column(BigInteger, index=True)
     offer_id: Mapped[int | None] = mapped_column(BigInteger)
     smartlink_id: Mapped[int | None] = mapped_column(BigInteger)
     payout: Mapped[Decimal] = mapped_column(Money)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))  # as the advertiser reported
     status: Mapped[str] = mapped_column(String(20), server_default=text("'approved'"))
+    reject_reason: Mapped[str | None] = mapped_column(String(200))
+    hold_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sequence: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    status_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConversionStatusChange(Base):
+    """A conversion's status history: one row per event (``sequence`` 1 = created)."""
+
+    __tablename__ = "conversion_status_history"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({sql_values(ConversionStatus)})", name="status_known"),
+        CheckConstraint(
+            f"previous_status IN ({sql_values(ConversionStatus)})", name="previous_status_known"
+        ),
+        CheckConstraint(f"actor IN ({sql_values(ConversionActor)})", name="actor_known"),
+    )
+
+    conversion_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    previous_status: Mapped[str | None] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(20))  # ConversionActor
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)  # the advertiser, when one
+    reason: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 class OutboxMessage(Base):

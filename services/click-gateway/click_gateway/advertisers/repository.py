@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import asyncpg
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from click_gateway.key_rotation import rotate_key_statement
 from postback_core.db.models import Advertiser
 
 
@@ -31,6 +34,22 @@ class AdvertiserRepository:
         )
         return found is not None
 
+    async def update(self, advertiser_id: int, values: dict[str, Any]) -> Advertiser | None:
+        statement = (
+            update(Advertiser)
+            .where(Advertiser.id == advertiser_id)
+            .values(**values)
+            .returning(Advertiser)
+            .execution_options(synchronize_session=False)
+        )
+        return (await self.session.scalars(statement)).one_or_none()
+
+    async def rotate_key(
+        self, advertiser_id: int, new_key_hash: str, grace_seconds: int
+    ) -> Advertiser | None:
+        statement = rotate_key_statement(Advertiser, advertiser_id, new_key_hash, grace_seconds)
+        return (await self.session.scalars(statement)).one_or_none()
+
     async def list_after(self, after_id: int, limit: int) -> Sequence[Advertiser]:
         result = await self.session.scalars(
             select(Advertiser).where(Advertiser.id > after_id).order_by(Advertiser.id).limit(limit)
@@ -38,11 +57,24 @@ class AdvertiserRepository:
         return result.all()
 
 
-async def active_advertiser_id_by_key_hash(
+async def active_advertiser_by_key_hash(
     db: asyncpg.Pool | asyncpg.Connection, api_key_hash: str
-) -> int | None:
-    """Raw asyncpg: used on the conversion hot path, outside any ORM session."""
-    advertiser_id: int | None = await db.fetchval(
-        "SELECT id FROM advertisers WHERE api_key_hash = $1 AND is_active", api_key_hash
+) -> tuple[int, list[str] | None, datetime | None] | None:
+    """(id, allowed_ips, when this key stops working or None) for a current or graced key.
+
+    Raw asyncpg: used on the conversion hot path, outside any ORM session.
+    """
+    row = await db.fetchrow(
+        """
+        SELECT id, allowed_ips::text[] AS allowed_ips,
+               CASE WHEN api_key_hash = $1 THEN NULL ELSE previous_key_expires_at END AS expires_at
+        FROM advertisers
+        WHERE is_active
+          AND (api_key_hash = $1
+               OR (previous_api_key_hash = $1 AND previous_key_expires_at > now()))
+        """,
+        api_key_hash,
     )
-    return advertiser_id
+    if row is None:
+        return None
+    return row["id"], row["allowed_ips"], row["expires_at"]

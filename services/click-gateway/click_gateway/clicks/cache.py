@@ -1,7 +1,8 @@
 """The in-memory SmartLink/offer catalogue that the click path reads instead of the database.
 
 Loaded at start, then a cheap fingerprint query every ``cache_refresh_seconds``
-decides whether to reload; a full reload also happens every
+decides whether to reload (it also notices an offer's default goal reaching,
+or leaving, its cap: capped offers are left out of rotation); a full reload also happens every
 ``FULL_RELOAD_SECONDS`` as a safety net. Each load builds a new immutable
 snapshot and swaps it in with one assignment, so a click never sees a
 half-built catalogue. Offer URL templates are split into literal parts and
@@ -160,8 +161,14 @@ def _upper_set(values: Sequence[str] | None) -> frozenset[str] | None:
     return frozenset(v.strip().upper() for v in values if v)
 
 
-def build_catalog(rows: Sequence[Mapping[str, Any]]) -> dict[str, SmartLinkEntry]:
-    """Group the catalogue query's rows (one per SmartLink x active offer) by code."""
+def build_catalog(
+    rows: Sequence[Mapping[str, Any]], capped: frozenset[int] | set[int] = frozenset()
+) -> dict[str, SmartLinkEntry]:
+    """Group the catalogue query's rows (one per SmartLink x active offer) by code.
+
+    Offers in ``capped`` (their default goal reached a cap) are left out, so
+    rotation falls back exactly as when no offer matches the visitor.
+    """
     offers: dict[int, OfferEntry] = {}
     links: dict[str, SmartLinkEntry] = {}
     link_offers: dict[str, list[OfferEntry]] = {}
@@ -178,7 +185,7 @@ def build_catalog(rows: Sequence[Mapping[str, Any]]) -> dict[str, SmartLinkEntry
             )
             link_offers[code] = []
         offer_id = row["offer_id"]
-        if offer_id is None:
+        if offer_id is None or offer_id in capped:
             continue
         offer = offers.get(offer_id)
         if offer is None:
@@ -229,7 +236,8 @@ class CatalogCache:
             # One snapshot: the fingerprint and the rows describe the same state.
             fingerprint = await repository.catalog_fingerprint(conn)
             rows = await repository.load_catalog(conn)
-        self.smartlinks = build_catalog(rows)
+            capped = await repository.capped_offer_ids(conn)
+        self.smartlinks = build_catalog(rows, capped)
         self._fingerprint = fingerprint
         self._loaded_at = time.monotonic()
 

@@ -195,7 +195,24 @@ async def catalog_fingerprint(db: Executor) -> tuple[Any, ...]:
              FROM advertisers) AS advertisers
         """
     )
-    return tuple(row.values())
+    # Reaching (or leaving) a cap changes no row the query above summarises.
+    return (*row.values(), frozenset(await capped_offer_ids(db)))
+
+
+# Offers whose default goal reached its daily (UTC) or total cap: rotation skips them.
+CAPPED_OFFERS = """
+SELECT g.offer_id FROM goals g
+WHERE g.name = 'default' AND (g.daily_cap IS NOT NULL OR g.total_cap IS NOT NULL) AND (
+    g.daily_cap <= coalesce((SELECT c.count FROM goal_counters c WHERE c.goal_id = g.id
+                             AND c.day = (now() AT TIME ZONE 'UTC')::date), 0)
+    OR g.total_cap <= coalesce((SELECT c.count FROM goal_counters c WHERE c.goal_id = g.id
+                                AND c.day = '-infinity'::date), 0))
+"""
+
+
+async def capped_offer_ids(db: Executor) -> set[int]:
+    rows = await db.fetch(CAPPED_OFFERS)
+    return {row["offer_id"] for row in rows}
 
 
 async def load_catalog(db: Executor) -> list[asyncpg.Record]:
@@ -258,7 +275,7 @@ async def find_click(db: Executor, click_id: int, created_at: datetime) -> async
     row: asyncpg.Record | None = await db.fetchrow(
         """
         SELECT click_id, created_at, external_id, publisher_id, smartlink_id, offer_id,
-               host(ip) AS ip, country, os, device, sub1, sub2, sub3, sub4, sub5
+               host(ip) AS ip, country, os, device, sub1, sub2, sub3, sub4, sub5, user_agent
         FROM clicks
         WHERE click_id = $1 AND created_at = $2
         """,
@@ -275,7 +292,8 @@ async def find_click(db: Executor, click_id: int, created_at: datetime) -> async
 # over every partition.
 FIND_CLICKS = """
 SELECT c.click_id, c.created_at, c.external_id, c.publisher_id, c.smartlink_id, c.offer_id,
-       host(c.ip) AS ip, c.country, c.os, c.device, c.sub1, c.sub2, c.sub3, c.sub4, c.sub5
+       host(c.ip) AS ip, c.country, c.os, c.device, c.sub1, c.sub2, c.sub3, c.sub4, c.sub5,
+       c.user_agent
 FROM unnest($1::bigint[], $2::timestamptz[]) AS k(click_id, created_at)
 CROSS JOIN LATERAL (
     SELECT * FROM clicks

@@ -89,6 +89,7 @@ class ClickRecord:
     sub3: str | None = None
     sub4: str | None = None
     sub5: str | None = None
+    user_agent: str | None = None
 
 
 def _page(status: int, title: str, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -196,6 +197,7 @@ def record_from_row(row: ClickRow | asyncpg.Record) -> ClickRecord:
         sub3=values["sub3"],
         sub4=values["sub4"],
         sub5=values["sub5"],
+        user_agent=values["user_agent"],
     )
 
 

@@ -3,9 +3,10 @@
 Advertisers report conversions in bursts (a tracker flushing its queue), and
 each request used to spend most of its CPU in routing, dependency solving and
 middleware. This raw-ASGI handler serves the common case — a JSON body that
-validates, a known API key — with the same models, the same recorder and the
-same response bodies. Anything else (a missing or unknown key, a body that does
-not validate, an unusual content type, a huge body) is replayed into the
+validates, a known API key from an allowed address — with the same models, the
+same recorder and the same response bodies. Anything else (a missing or unknown
+key, an address outside the advertiser's allowed_ips, the admin token, a body
+that does not validate, an unusual content type, a huge body) is replayed into the
 FastAPI route, which stays the single definition of the endpoint's errors and
 of its OpenAPI schema.
 """
@@ -53,11 +54,14 @@ class ConversionFastPath:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         api_key: str | None = None
         json_body = False
+        forwarded_for: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-api-key":
                 api_key = value.decode("latin-1")
             elif name == b"content-type":
                 json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+            elif name == b"x-forwarded-for":
+                forwarded_for = value
         body, complete = await _read_body(receive, MAX_FAST_BODY)
         if not complete or api_key is None or not json_body:
             return await self._replay(scope, body, complete, receive, send)
@@ -66,15 +70,20 @@ class ConversionFastPath:
         except ValidationError:
             return await self._replay(scope, body, complete, receive, send)
         try:
-            advertiser_id = await self.keys.advertiser_id(self.recorder.pool, api_key)
-            if advertiser_id is None:
+            key = await self.keys.lookup(self.recorder.pool, api_key)
+            if key is None or (
+                key.allowed_networks is not None
+                and not key.allows(self._client_address(scope, forwarded_for))
+            ):
                 return await self._replay(scope, body, complete, receive, send)
             result = await self.recorder.record(
                 self.clicks,
-                advertiser_id=advertiser_id,
+                advertiser_id=key.advertiser_id,
                 click_id=data.click_id,
                 payout=data.payout,
                 txid=data.txid,
+                goal=data.goal,
+                amount=data.amount,
             )
         except ConversionRefused as exc:
             await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}))
@@ -85,6 +94,13 @@ class ConversionFastPath:
             return
         await _respond(
             send, 201 if result.created else 200, result.conversion.model_dump_json().encode()
+        )
+
+    def _client_address(self, scope: dict[str, Any], forwarded_for: bytes | None) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        return self.clicks.addresses.resolve(
+            peer, forwarded_for.decode("latin-1") if forwarded_for is not None else None
         )
 
     async def _replay(

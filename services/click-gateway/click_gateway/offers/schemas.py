@@ -17,6 +17,7 @@ PayoutAmount = Annotated[
 ]
 Device = Literal["desktop", "mobile", "tablet", "other"]
 MAX_WEIGHT = 1_000_000
+MAX_ATTRIBUTION_WINDOW_DAYS = 3650
 
 
 def _countries(value: list[str] | None) -> list[str] | None:
@@ -74,6 +75,12 @@ class OfferCreate(_Targeting):
     )
     payout: PayoutAmount
     weight: int = Field(100, ge=0, le=MAX_WEIGHT)
+    attribution_window_days: int = Field(
+        30,
+        ge=0,
+        le=MAX_ATTRIBUTION_WINDOW_DAYS,
+        description="A conversion for an older click is stored rejected.",
+    )
 
 
 class OfferUpdate(_Targeting):
@@ -83,6 +90,7 @@ class OfferUpdate(_Targeting):
     url_template: str | None = None
     payout: PayoutAmount | None = None
     weight: int | None = Field(None, ge=0, le=MAX_WEIGHT)
+    attribution_window_days: int | None = Field(None, ge=0, le=MAX_ATTRIBUTION_WINDOW_DAYS)
     is_active: bool | None = None
 
 
@@ -98,6 +106,7 @@ class OfferRead(BaseModel):
     os: list[str] | None
     devices: list[str] | None
     weight: int
+    attribution_window_days: int
     is_active: bool
     created_at: datetime
     updated_at: datetime

@@ -42,6 +42,7 @@ async def create_offer(session: AsyncSession, data: OfferCreate, max_payout: Dec
         os=data.os,
         devices=data.devices,
         weight=data.weight,
+        attribution_window_days=data.attribution_window_days,
     )
     return OfferRead.model_validate(offer)
 

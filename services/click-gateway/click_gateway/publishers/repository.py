@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from click_gateway.key_rotation import rotate_key_statement
 from postback_core.db.models import Publisher
 
 
@@ -27,6 +28,12 @@ class PublisherRepository:
     async def exists(self, publisher_id: int) -> bool:
         found = await self.session.scalar(select(Publisher.id).where(Publisher.id == publisher_id))
         return found is not None
+
+    async def rotate_key(
+        self, publisher_id: int, new_key_hash: str, grace_seconds: int
+    ) -> Publisher | None:
+        statement = rotate_key_statement(Publisher, publisher_id, new_key_hash, grace_seconds)
+        return (await self.session.scalars(statement)).one_or_none()
 
     async def list_after(self, after_id: int, limit: int) -> Sequence[Publisher]:
         result = await self.session.scalars(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 
-from click_gateway.deps import AdminOnly, Session
+from click_gateway.deps import AdminOnly, Runtime, Session
+from click_gateway.key_rotation import KeyRotated, KeyRotation
 from click_gateway.pagination import Page, Pagination
 from click_gateway.publishers import service
 from click_gateway.publishers.schemas import PublisherCreate, PublisherCreated, PublisherRead
@@ -41,6 +42,20 @@ async def list_publishers(session: Session, page: Pagination) -> Page[PublisherR
 async def get_publisher(publisher_id: int, session: Session) -> PublisherRead:
     try:
         return await service.get_publisher(session, publisher_id)
+    except service.PublisherNotFound:
+        raise _not_found(publisher_id) from None
+
+
+@router.post("/{publisher_id}/rotate-key")
+async def rotate_publisher_key(
+    publisher_id: int, session: Session, runtime: Runtime, data: KeyRotation | None = None
+) -> KeyRotated:
+    """A new key at once; the old one keeps working until ``previous_key_expires_at``."""
+    grace = data.grace_seconds if data is not None else None
+    if grace is None:
+        grace = runtime.settings.api_key_grace_seconds
+    try:
+        return await service.rotate_publisher_key(session, publisher_id, grace)
     except service.PublisherNotFound:
         raise _not_found(publisher_id) from None
 

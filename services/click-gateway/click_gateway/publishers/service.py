@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from click_gateway.key_rotation import KeyRotated
 from click_gateway.pagination import Page, PageParams, is_storable_id
 from click_gateway.publishers.repository import PublisherRepository
 from click_gateway.publishers.schemas import PublisherCreate, PublisherCreated, PublisherRead
@@ -26,6 +27,23 @@ async def create_publisher(session: AsyncSession, data: PublisherCreate) -> Publ
         name=data.name, api_key_hash=hash_api_key(api_key)
     )
     return PublisherCreated(**PublisherRead.model_validate(publisher).model_dump(), api_key=api_key)
+
+
+async def rotate_publisher_key(
+    session: AsyncSession, publisher_id: int, grace_seconds: int
+) -> KeyRotated:
+    """The publisher API and pages accept the old key until ``previous_key_expires_at``."""
+    api_key = generate_api_key("pub")
+    publisher = (
+        await PublisherRepository(session).rotate_key(
+            publisher_id, hash_api_key(api_key), grace_seconds
+        )
+        if is_storable_id(publisher_id)
+        else None
+    )
+    if publisher is None or publisher.previous_key_expires_at is None:
+        raise PublisherNotFound(publisher_id)
+    return KeyRotated(api_key=api_key, previous_key_expires_at=publisher.previous_key_expires_at)
 
 
 async def get_publisher(session: AsyncSession, publisher_id: int) -> PublisherRead:

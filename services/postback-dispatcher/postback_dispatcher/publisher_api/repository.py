@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postback_core.db.models import DeliveryAttempt, PostbackSettings, Publisher
@@ -15,9 +15,15 @@ class PublisherRepository:
         self.session = session
 
     async def active_publisher_by_key_hash(self, api_key_hash: str) -> Publisher | None:
+        """The current key, or the one it replaced while its grace period lasts."""
         return await self.session.scalar(
             select(Publisher).where(
-                Publisher.api_key_hash == api_key_hash, Publisher.is_active.is_(True)
+                or_(
+                    Publisher.api_key_hash == api_key_hash,
+                    (Publisher.previous_api_key_hash == api_key_hash)
+                    & (Publisher.previous_key_expires_at > func.now()),
+                ),
+                Publisher.is_active.is_(True),
             )
         )
 

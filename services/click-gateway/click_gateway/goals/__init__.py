@@ -1,0 +1,1 @@
+"""Goals feature: the conversion events an offer pays for."""
