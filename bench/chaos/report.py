@@ -25,6 +25,14 @@ SELECT c.click_id, c.event_id::text AS event_id, d.status, d.attempts,
 FROM conversions c LEFT JOIN deliveries d ON d.conversion_id = c.id
 """
 UNPUBLISHED_OUTBOX = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+# Events the relay published more than once (a publish whose confirm it did not get
+# in time, or a batch cut by a kill): the broker may hold two copies of them.
+REPUBLISHED_OUTBOX = """
+SELECT count(*) AS rows, max(publish_attempts) AS most,
+       (array_agg(DISTINCT left(last_error, 200)) FILTER (WHERE last_error IS NOT NULL))[1:3]
+           AS errors
+FROM outbox WHERE publish_attempts > 1
+"""
 CLICKS_FOUND = "SELECT count(DISTINCT click_id) FROM clicks WHERE click_id = ANY($1::bigint[])"
 
 
@@ -51,6 +59,16 @@ def settled(rows: list[asyncpg.Record], accepted: set[int], unpublished: int) ->
             continue
         return False
     return True
+
+
+async def outbox_republished(dsn: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        row = await conn.fetchrow(REPUBLISHED_OUTBOX)
+    finally:
+        await conn.close()
+    assert row is not None
+    return {"rows": row["rows"], "most_attempts": row["most"], "errors": row["errors"] or []}
 
 
 async def clicks_found(dsn: str, click_ids: list[int]) -> int:
@@ -185,7 +203,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Never accepted (not lost: the client was told no): {f['never_accepted']}; "
         f"clicks without a redirect: {f['clicks_failed']}; conversions stored: "
         f"{f['conversions_stored']}; postbacks received: {f['postbacks_received']}; "
-        f"outbox rows unpublished at the end: {f['outbox_unpublished']}.",
+        f"outbox rows unpublished at the end: {f['outbox_unpublished']}; events the relay "
+        f"published more than once: {f['outbox_republished']['rows']}.",
         "",
         "| fault | lane | start (s) | end (s) | injected | details |",
         "|---|---|---|---|---|---|",

@@ -98,7 +98,7 @@ async def drain(pg: PostgresCluster, accepted: set[int], timeout_s: float) -> bo
     while time.monotonic() < deadline:
         try:
             rows, unpublished = await report.database_state(pg.dsn)
-        except (OSError, TimeoutError, Exception):  # database still coming back
+        except Exception:  # the database may still be coming back: try again
             rows, unpublished = [], 1
         if report.settled(rows, accepted, unpublished):
             return True
@@ -117,7 +117,10 @@ async def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
     cleanup.install()
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     cleanup.add("work directory", lambda: shutil.rmtree(workdir, ignore_errors=True))
-    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    previous = LOG_DIR.with_name(LOG_DIR.name + "-previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if LOG_DIR.exists():
+        LOG_DIR.rename(previous)
     suffix = uuid.uuid4().hex[:6]
     cluster = RabbitCluster(workdir, suffix)
     cluster_logs = workdir / "logs"
@@ -219,6 +222,7 @@ async def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
             setup_s=round(setup_s, 1),
             late_launches=stats.late_launches,
             max_in_flight=stats.max_in_flight,
+            outbox_republished=await report.outbox_republished(pg.dsn),
             duplicates_by_fault=report.duplicates_by_fault(received, fault_dicts, t0_wall),
             duplicates_timeline=report.repeats_timeline(received, t0_wall),
         )
