@@ -27,7 +27,11 @@ def main() -> None:
         conversions=args.conversions,
         rate=args.rate,
     )
-    result = asyncio.run(run_chaos(cfg))
+    try:
+        result = asyncio.run(run_chaos(cfg))
+    except KeyboardInterrupt:
+        print("interrupted: everything the run started was stopped and removed", flush=True)
+        sys.exit(130)
     md_path, json_path = report.write(result)
     print()
     print(report.markdown(result))

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,9 @@ async def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
     services: list[Service] = []
 
     def stop_services() -> None:
-        for service in reversed(services):
-            service.stop()
+        """All at once: each may take its graceful-stop time (clicks are flushed)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+            list(pool.map(lambda service: service.stop(), services))
 
     cleanup.add("services", stop_services)
     try:
@@ -248,6 +250,8 @@ async def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
         }
     finally:
         print("  tearing down ...", flush=True)
+        for service in services:
+            service.unsupervise()
         await asyncio.to_thread(cleanup.run_all)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result

@@ -121,11 +121,15 @@ class Service:
             await asyncio.sleep(RESTART_PAUSE_SECONDS)
             self.spawn()
 
-    def stop(self) -> None:
-        """SIGTERM (graceful: buffered clicks are flushed), SIGKILL if it hangs. Synchronous."""
+    def unsupervise(self) -> None:
+        """No more restarts (call in the event loop, before ``stop``)."""
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
+
+    def stop(self) -> None:
+        """SIGTERM (graceful: buffered clicks are flushed), SIGKILL if it hangs. Synchronous;
+        the supervisor must be off already (``unsupervise``)."""
         if self.popen is None or self.popen.poll() is not None:
             return
         self._expected_exit = True
