@@ -12,7 +12,7 @@ export ENV ?= dev
 export ADMIN_TOKEN ?= dev-admin-token-change-me-in-production
 endif
 
-.PHONY: run test lint typecheck bench bench-quick install system-packages clean
+.PHONY: run test lint typecheck bench bench-quick chaos install system-packages clean
 
 # Debian packages the tests and benchmarks drive: Chromium (browser tests), wrk
 # (click benchmark) and openssl (test certificates). Installed on first use; needs root or sudo.
@@ -60,6 +60,11 @@ bench: $(STAMP) system-packages
 
 bench-quick: $(STAMP) system-packages
 	$(BIN)/python -m bench.run --quick
+
+## Chaos run: own 3-node RabbitMQ cluster and PostgreSQL, faults under load (~10 min; root).
+## `make chaos CHAOS_ARGS="--light --seed 42"` for the CI size; docs/chaos.md explains it.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
