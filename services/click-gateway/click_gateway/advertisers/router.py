@@ -8,6 +8,7 @@ from click_gateway.advertisers import service
 from click_gateway.advertisers.schemas import AdvertiserCreate, AdvertiserCreated, AdvertiserRead
 from click_gateway.deps import AdminOnly, Session
 from click_gateway.pagination import Page, Pagination
+from postback_core.web import PathId
 
 router = APIRouter(prefix="/api/v1/advertisers", tags=["advertisers"], dependencies=[AdminOnly])
 
@@ -23,7 +24,7 @@ async def list_advertisers(session: Session, page: Pagination) -> Page[Advertise
 
 
 @router.get("/{advertiser_id}")
-async def get_advertiser(advertiser_id: int, session: Session) -> AdvertiserRead:
+async def get_advertiser(advertiser_id: PathId, session: Session) -> AdvertiserRead:
     try:
         return await service.get_advertiser(session, advertiser_id)
     except service.AdvertiserNotFound:

@@ -6,8 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from postback_core.web import RequestModel
 
-class AdvertiserCreate(BaseModel):
+
+class AdvertiserCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Acme Games"])
 
     @field_validator("name")

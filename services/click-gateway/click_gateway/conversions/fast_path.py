@@ -7,7 +7,9 @@ validates, a known API key — with the same models, the same recorder and the
 same response bodies. Anything else (a missing or unknown key, a body that does
 not validate, an unusual content type, a huge body) is replayed into the
 FastAPI route, which stays the single definition of the endpoint's errors and
-of its OpenAPI schema.
+of its OpenAPI schema. It runs behind the request guard (``app.py``), which
+caps the body and checks the API key before any of the body is read; the
+advertiser it found is reused here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from click_gateway.advertisers.service import AdvertiserKeyCache
 from click_gateway.clicks.service import ClickService
 from click_gateway.conversions.schemas import ConversionCreate
 from click_gateway.conversions.service import ConversionRecorder, ConversionRefused
+from postback_core.http_guard import AUTHENTICATED
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,9 @@ class ConversionFastPath:
         except ValidationError:
             return await self._replay(scope, body, complete, receive, send)
         try:
-            advertiser_id = await self.keys.advertiser_id(self.recorder.pool, api_key)
+            advertiser_id = scope.get("state", {}).get(AUTHENTICATED)
+            if not isinstance(advertiser_id, int):  # not checked by the guard (or an operator)
+                advertiser_id = await self.keys.advertiser_id(self.recorder.pool, api_key)
             if advertiser_id is None:
                 return await self._replay(scope, body, complete, receive, send)
             result = await self.recorder.record(

@@ -21,6 +21,7 @@ from click_gateway.conversions.schemas import (
 from click_gateway.conversions.service import ConversionRecorder, ConversionRefused
 from click_gateway.deps import Runtime
 from click_gateway.offers.schemas import PayoutAmount
+from postback_core.web import Text
 
 
 @asynccontextmanager
@@ -141,7 +142,7 @@ async def report_conversion_s2s(
     advertiser_id: Annotated[int, Depends(advertiser_from_query)],
     click_id: Annotated[ClickId, Query()],
     payout: Annotated[str | None, Query(description="Decimal; empty = offer payout.")] = None,
-    txid: Annotated[str | None, Query(max_length=MAX_TXID_LENGTH)] = None,
+    txid: Annotated[Text | None, Query(max_length=MAX_TXID_LENGTH)] = None,
 ) -> ConversionRead:
     """The same as POST, for trackers that can only fire a URL."""
     amount: Decimal | None = None

@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field, PlainSerializer
 from click_gateway.offers.schemas import PayoutAmount
 from click_gateway.pagination import MAX_BIGINT
 from postback_core.contracts import IdString
+from postback_core.web import RequestModel
 
 MAX_TXID_LENGTH = 128
 ClickId = Annotated[int, Field(gt=0, le=MAX_BIGINT, description="Our internal click id.")]
 
 
-class ConversionCreate(BaseModel):
+class ConversionCreate(RequestModel):
     click_id: ClickId
     payout: PayoutAmount | None = Field(
         None, description="Decimal amount in USD; default: the offer's payout."

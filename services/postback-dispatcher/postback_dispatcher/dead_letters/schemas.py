@@ -9,18 +9,19 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from postback_core.contracts import IdString
+from postback_core.web import MAX_DB_ID, RequestModel
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 
 
-class DeadLetterFilterFields(BaseModel):
+class DeadLetterFilterFields(RequestModel):
     """The filters shared by listing, bulk replay and bulk purge."""
 
     model_config = ConfigDict(extra="forbid")
 
-    publisher_id: int | None = Field(None, ge=1)
-    offer_id: int | None = Field(None, ge=1)
+    publisher_id: int | None = Field(None, ge=1, le=MAX_DB_ID)
+    offer_id: int | None = Field(None, ge=1, le=MAX_DB_ID)
     reason: str | None = Field(None, max_length=50)
     last_status: int | None = Field(None, ge=0, le=999)
     since: datetime | None = Field(None, description="dead_at at or after this time")
