@@ -128,7 +128,7 @@ async def test_nul_in_a_dead_letter_filter_is_422(services: Services) -> None:
     _assert_nul_refused(replayed)
 
 
-@pytest.mark.parametrize("dead_letter_id", [str(2**63), str(10**40), "0", "-1"])
+@pytest.mark.parametrize("dead_letter_id", [str(2**63), str(10**40), "0"])
 @pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("POST", "/replay"), ("DELETE", "")])
 async def test_dead_letter_ids_that_cannot_exist_are_422(
     services: Services, dead_letter_id: str, method: str, suffix: str

@@ -98,7 +98,7 @@ async def purge_matching(
     return schemas.PurgeResult(count=await service.purge_matching(session, body.to_filters()))
 
 
-@router.get("/{dead_letter_id}", response_model=schemas.DeadLetterDetail)
+@router.get("/{dead_letter_id:int}", response_model=schemas.DeadLetterDetail)
 async def get_dead_letter(dead_letter_id: PathId, session: Session) -> schemas.DeadLetterDetail:
     """One dead letter with every recorded attempt of its conversion."""
     try:
@@ -108,7 +108,7 @@ async def get_dead_letter(dead_letter_id: PathId, session: Session) -> schemas.D
 
 
 @router.post(
-    "/{dead_letter_id}/replay",
+    "/{dead_letter_id:int}/replay",
     status_code=202,
     response_model=schemas.ReplayAccepted,
     responses={409: {"description": "not open"}, 503: {"description": "broker unavailable"}},
@@ -129,7 +129,7 @@ async def replay_dead_letter(
         return _broker_down(exc)
 
 
-@router.delete("/{dead_letter_id}", status_code=204)
+@router.delete("/{dead_letter_id:int}", status_code=204)
 async def purge_dead_letter(dead_letter_id: PathId, session: Session) -> Response:
     """Drop one open dead letter from the list for good."""
     try:
