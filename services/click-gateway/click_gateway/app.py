@@ -36,6 +36,9 @@ ADMIN_PREFIXES = (
     "/api/v1/offers",
     "/api/v1/smartlinks",
 )
+# Paths allowed a body cap other than MAX_REQUEST_BODY_BYTES (e.g. a bulk upload endpoint:
+# {"/api/v1/conversions/bulk": 8 * 1024 * 1024}).
+BODY_LIMITS_BY_PATH: dict[str, int] = {}
 CONVERSIONS_REFUSAL = "a valid advertiser API key is required (X-Api-Key header, or key= for s2s)"
 
 
@@ -79,7 +82,7 @@ class GatewayApp:
         settings = runtime.settings
         configure_header_timeout(settings)
         self.guard = RequestGuard.for_settings(
-            self._route, settings, self._protected_prefixes(settings)
+            self._route, settings, self._protected_prefixes(settings), BODY_LIMITS_BY_PATH
         )
 
     def _protected_prefixes(self, settings: GatewaySettings) -> list[ProtectedPrefix]:
