@@ -41,11 +41,14 @@ class Targets:
 
 @pytest.fixture(scope="module")
 async def targets(database_url: str, amqp_url: str) -> AsyncIterator[Targets]:
-    gateway = GatewaySettings(DATABASE_URL=database_url, AMQP_URL=amqp_url)
+    small_pools = {"DB_POOL_SIZE": 3}  # PostgreSQL is shared by every suite
+    gateway = GatewaySettings(DATABASE_URL=database_url, AMQP_URL=amqp_url, **small_pools)
     async with (
         serve_asgi(create_app(gateway)) as gateway_url,
         fresh_vhost() as vhost,
-        running_dispatcher(database_url, vhost, POSTBACK_ALLOW_PRIVATE_TARGETS=False) as dispatcher,
+        running_dispatcher(
+            database_url, vhost, POSTBACK_ALLOW_PRIVATE_TARGETS=False, **small_pools
+        ) as dispatcher,
     ):
         assert dispatcher.settings.postback_allow_private_targets is False
         async with httpx.AsyncClient(base_url=gateway_url) as client:

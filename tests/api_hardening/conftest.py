@@ -24,6 +24,8 @@ LIMITS = {
     "MAX_REQUEST_BODY_BYTES": BODY_CAP,
     "AUTH_FAILURE_LIMIT": AUTH_FAILURE_LIMIT,
     "AUTH_FAILURE_WINDOW_SECONDS": 600,
+    # PostgreSQL is shared by every suite (and every developer): a few connections each.
+    "DB_POOL_SIZE": 2,
 }
 
 

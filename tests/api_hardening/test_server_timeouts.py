@@ -39,6 +39,7 @@ async def serving(command: str, port_variable: str, env: dict[str, str]) -> Asyn
             "HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
             "HTTP_KEEP_ALIVE_TIMEOUT_SECONDS": str(KEEP_ALIVE_TIMEOUT),
             "LOG_LEVEL": "WARNING",
+            "DB_POOL_SIZE": "2",
             **env,
         },
         stdout=subprocess.DEVNULL,
