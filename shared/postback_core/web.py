@@ -17,7 +17,14 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.json_schema import models_json_schema
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -143,8 +150,29 @@ def refuse_nul(value: Any) -> Any:
 Text = Annotated[str, AfterValidator(refuse_nul)]
 
 
+_FLAG_TYPES = (bool, bool | None)
+_INTEGER_TYPES = (int, int | None)
+
+
 class RequestModel(BaseModel):
-    """Base of every request body and query model: no field may carry NUL characters."""
+    """Base of every request body and query model.
+
+    No field may carry NUL characters, and JSON's numbers and booleans stay
+    apart: ``0`` is not ``false`` and ``true`` is not ``1`` (pydantic's lax
+    mode would convert them; the schema we publish says they differ).
+    """
+
+    @field_validator("*", mode="before", check_fields=False)
+    @classmethod
+    def _numbers_are_not_flags(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            if field.annotation in _FLAG_TYPES and isinstance(value, int | float):
+                if not isinstance(value, bool):
+                    raise ValueError("must be true or false")
+            elif field.annotation in _INTEGER_TYPES and isinstance(value, bool):
+                raise ValueError("must be an integer")
+        return value
 
     @field_validator("*", mode="after", check_fields=False)
     @classmethod

@@ -114,6 +114,7 @@ async def fuzz(base_url: str, api_key: str, advertiser_key: str, workdir: Path) 
         "--no-color",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=workdir,  # schemathesis keeps a cache in its working directory
     )
     raw, _ = await asyncio.wait_for(process.communicate(), 600)
     output = raw.decode(errors="replace")

@@ -75,7 +75,7 @@ class OfferCreate(_Targeting):
         examples=["https://adv.example.com/install?clickid={click_id}&src={publisher_id}"],
     )
     payout: PayoutAmount
-    weight: int = Field(100, ge=0, le=MAX_WEIGHT, strict=True)  # true is not a weight
+    weight: int = Field(100, ge=0, le=MAX_WEIGHT)
 
 
 class OfferUpdate(_Targeting):
@@ -84,7 +84,7 @@ class OfferUpdate(_Targeting):
     name: str | None = Field(None, min_length=1, max_length=200)
     url_template: str | None = None
     payout: PayoutAmount | None = None
-    weight: int | None = Field(None, ge=0, le=MAX_WEIGHT, strict=True)
+    weight: int | None = Field(None, ge=0, le=MAX_WEIGHT)
     is_active: bool | None = None
 
 

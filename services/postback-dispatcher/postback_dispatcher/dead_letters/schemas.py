@@ -27,13 +27,6 @@ class DeadLetterFilterFields(RequestModel):
     since: datetime | None = Field(None, description="dead_at at or after this time")
     until: datetime | None = Field(None, description="dead_at before this time")
 
-    @field_validator("publisher_id", "offer_id", "last_status", mode="before")
-    @classmethod
-    def _not_a_boolean(cls, value: object) -> object:
-        if isinstance(value, bool):  # pydantic would read false as 0
-            raise ValueError("must be an integer")
-        return value
-
     @field_validator("since", "until", mode="before")
     @classmethod
     def _not_a_bare_number(cls, value: object) -> object:
@@ -68,15 +61,15 @@ class DeadLetterListQuery(DeadLetterFilterFields):
 
 
 class BulkReplayRequest(DeadLetterFilterFields):
-    dry_run: bool = Field(False, strict=True)  # 0 is not a yes/no answer
+    dry_run: bool = False
     limit: int | None = Field(
-        None, ge=1, le=100_000, strict=True, description="replay at most this many (oldest first)"
+        None, ge=1, le=100_000, description="replay at most this many (oldest first)"
     )
 
 
 class PurgeRequest(DeadLetterFilterFields):
-    confirm: bool = Field(False, strict=True, description="must be true: purging can't be undone")
-    dry_run: bool = Field(False, strict=True, description="only count what would be purged")
+    confirm: bool = Field(False, description="must be true: purging can't be undone")
+    dry_run: bool = Field(False, description="only count what would be purged")
 
 
 class DeadLetterItem(BaseModel):
