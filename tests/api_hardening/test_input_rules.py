@@ -173,3 +173,26 @@ async def test_every_operation_documents_the_shared_error_shape(services: Servic
                         path,
                         code,
                     )
+
+
+async def test_numbers_and_booleans_are_not_interchangeable(services: Services) -> None:
+    """Found by schemathesis: pydantic's lax mode read 0 as false and true as 1."""
+    async with httpx.AsyncClient(base_url=services.gateway, timeout=30) as client:
+        ids = await _catalogue(client)
+        flag = await client.patch(
+            f"/api/v1/offers/{ids['offer']}", json={"is_active": 0}, headers=ADMIN
+        )
+        number = await client.patch(
+            f"/api/v1/offers/{ids['offer']}", json={"weight": True}, headers=ADMIN
+        )
+        fine = await client.patch(
+            f"/api/v1/offers/{ids['offer']}", json={"weight": 7, "is_active": True}, headers=ADMIN
+        )
+    async with httpx.AsyncClient(base_url=services.dispatcher, timeout=30) as client:
+        dry_run = await client.post(
+            "/api/v1/dead-letters/replay", json={"dry_run": 0}, headers=ADMIN
+        )
+    assert flag.status_code == 422 and flag.json()["detail"][0]["loc"] == ["body", "is_active"]
+    assert number.status_code == 422 and number.json()["detail"][0]["loc"] == ["body", "weight"]
+    assert dry_run.status_code == 422
+    assert fine.status_code == 200 and fine.json()["weight"] == 7
