@@ -20,6 +20,9 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 # Settings classes read the environment; make the whole run self-consistent.
 os.environ.setdefault("ENV", "test")
 os.environ["ADMIN_TOKEN"] = ADMIN_TOKEN
+# Every test talks from 127.0.0.1 and many test refusals on purpose; the failed-auth
+# limit has its own tests (tests/api_hardening), which set it low on their own servers.
+os.environ.setdefault("AUTH_FAILURE_LIMIT", "100000")
 
 
 @pytest.fixture(scope="session")

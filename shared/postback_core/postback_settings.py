@@ -23,11 +23,14 @@ from postback_core.macros import (
     validate_postback_template,
 )
 from postback_core.security import mask_in_text, mask_secret, restore_masked_credentials
+from postback_core.web import RequestModel
 
 MAX_SECURITY_TOKEN_LENGTH = 200
 
 
-class PostbackSettingsUpdate(BaseModel):
+class PostbackSettingsUpdate(RequestModel):
+    """``security_token`` omitted keeps the current token; ``null`` or "" removes it."""
+
     url_template: str = Field(
         max_length=MAX_TEMPLATE_LENGTH,
         description="Absolute http(s) URL with macros such as {click_id} and {payout}.",
@@ -36,7 +39,10 @@ class PostbackSettingsUpdate(BaseModel):
     security_token: str | None = Field(
         None,
         max_length=MAX_SECURITY_TOKEN_LENGTH,
-        description="Sent as {security_token} so the publisher can verify the postback.",
+        description=(
+            "Sent as {security_token} so the publisher can verify the postback."
+            " Omitted: the current token is kept; null or empty: removed."
+        ),
     )
 
     @field_validator("url_template")
@@ -99,26 +105,36 @@ async def save_postback_settings(
 ) -> PostbackSettingsRead:
     """Validate and upsert; raises ``TemplateError`` (naming unknown macros) before writing.
 
-    The caller checks that the publisher exists; the caller's unit of work commits.
-    A template saved back as it was shown (password masked) keeps the real password.
+    A ``security_token`` left out of the update keeps the stored one; a template
+    saved back as it was shown (password masked) keeps the real password. The
+    caller checks that the publisher exists; the caller's unit of work commits.
     """
-    stored = await session.scalar(
-        select(PostbackSettings.url_template).where(PostbackSettings.publisher_id == publisher_id)
+    stored = (
+        await session.execute(
+            select(PostbackSettings.url_template, PostbackSettings.security_token).where(
+                PostbackSettings.publisher_id == publisher_id
+            )
+        )
+    ).one_or_none()
+    url_template = restore_masked_credentials(
+        update.url_template, stored.url_template if stored else None
     )
-    url_template = restore_masked_credentials(update.url_template, stored)
-    warnings = template_warnings(url_template, update.security_token)
+    security_token = update.security_token
+    if "security_token" not in update.model_fields_set:
+        security_token = stored.security_token if stored else None
+    warnings = template_warnings(url_template, security_token)
     statement = (
         insert(PostbackSettings)
         .values(
             publisher_id=publisher_id,
             url_template=url_template,
-            security_token=update.security_token,
+            security_token=security_token,
         )
         .on_conflict_do_update(
             index_elements=[PostbackSettings.publisher_id],
             set_={
                 "url_template": url_template,
-                "security_token": update.security_token,
+                "security_token": security_token,
                 "updated_at": func.clock_timestamp(),
             },
         )
@@ -128,7 +144,7 @@ async def save_postback_settings(
     return PostbackSettingsRead(
         publisher_id=publisher_id,
         url_template=mask_in_text(url_template),
-        security_token=mask_secret(update.security_token),
+        security_token=mask_secret(security_token),
         updated_at=updated_at,
         warnings=warnings,
     )

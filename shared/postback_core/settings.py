@@ -117,6 +117,23 @@ class HTTPServiceSettings(CommonSettings):
         tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
     ] = Field((), alias="TRUSTED_PROXIES")
     host: str = Field("127.0.0.1", alias="HOST")
+    # Request bodies larger than this are refused with 413 before they are parsed.
+    max_request_body_bytes: int = Field(
+        1024 * 1024, alias="MAX_REQUEST_BODY_BYTES", ge=1024, le=1024**3
+    )
+    # Failed authentications per client address within the window before 429.
+    auth_failure_limit: int = Field(20, alias="AUTH_FAILURE_LIMIT", ge=1, le=100_000)
+    auth_failure_window_seconds: float = Field(
+        60.0, alias="AUTH_FAILURE_WINDOW_SECONDS", gt=0, le=86_400
+    )
+    # A connection must deliver a request's headers within this many seconds.
+    http_header_timeout_seconds: float = Field(
+        10.0, alias="HTTP_HEADER_TIMEOUT_SECONDS", gt=0, le=300
+    )
+    # An idle keep-alive connection is closed after this many seconds.
+    http_keep_alive_timeout_seconds: int = Field(
+        5, alias="HTTP_KEEP_ALIVE_TIMEOUT_SECONDS", ge=1, le=300
+    )
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

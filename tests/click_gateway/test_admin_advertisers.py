@@ -34,7 +34,7 @@ async def test_list_advertisers(gateway: httpx.AsyncClient) -> None:
     assert ids == sorted(ids)
 
 
-@pytest.mark.parametrize("advertiser_id", ["987654321", str(2**64)])
+@pytest.mark.parametrize("advertiser_id", ["987654321", str(2**63 - 1)])
 async def test_unknown_advertiser_is_404(gateway: httpx.AsyncClient, advertiser_id: str) -> None:
     response = await gateway.get(f"/api/v1/advertisers/{advertiser_id}", headers=H)
     assert response.status_code == 404
@@ -45,3 +45,12 @@ async def test_bad_advertiser_body_is_422(gateway: httpx.AsyncClient) -> None:
     response = await gateway.post("/api/v1/advertisers", json={"nom": "x"}, headers=H)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+@pytest.mark.parametrize("advertiser_id", [str(2**64), "0"])
+async def test_an_advertiser_id_out_of_range_is_422(
+    gateway: httpx.AsyncClient, advertiser_id: str
+) -> None:
+    response = await gateway.get(f"/api/v1/advertisers/{advertiser_id}", headers=H)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "advertiser_id"]

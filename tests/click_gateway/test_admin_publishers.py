@@ -57,7 +57,7 @@ async def test_bad_pagination_is_422(gateway: httpx.AsyncClient, query: str) -> 
     assert response.json()["detail"]
 
 
-@pytest.mark.parametrize("publisher_id", ["999999999", str(2**63), "0", "-5"])
+@pytest.mark.parametrize("publisher_id", ["999999999", str(2**63 - 1)])
 async def test_unknown_publisher_is_404_json(gateway: httpx.AsyncClient, publisher_id: str) -> None:
     for path in (
         f"/api/v1/publishers/{publisher_id}",
@@ -72,6 +72,23 @@ async def test_unknown_publisher_is_404_json(gateway: httpx.AsyncClient, publish
         headers=H,
     )
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("publisher_id", [str(2**63), str(10**30), "0", "-5"])
+async def test_an_id_that_cannot_exist_is_a_422_naming_the_path(
+    gateway: httpx.AsyncClient, publisher_id: str
+) -> None:
+    """Ids are BIGINT: out of range is a client error, never a database overflow."""
+    for method, path in (
+        ("GET", f"/api/v1/publishers/{publisher_id}"),
+        ("GET", f"/api/v1/publishers/{publisher_id}/postback"),
+        ("PUT", f"/api/v1/publishers/{publisher_id}/postback"),
+    ):
+        response = await gateway.request(
+            method, path, json={"url_template": "https://t.example/pb?cid={click_id}"}, headers=H
+        )
+        assert response.status_code == 422, path
+        assert response.json()["detail"][0]["loc"] == ["path", "publisher_id"]
 
 
 async def test_non_numeric_id_is_a_json_error(gateway: httpx.AsyncClient) -> None:
@@ -137,6 +154,33 @@ async def test_postback_settings_can_be_replaced(gateway: httpx.AsyncClient) -> 
     fetched = (await gateway.get(path, headers=H)).json()
     assert fetched["url_template"] == "https://b.example/?c={external_id}"
     assert fetched["security_token"] == "****"
+
+
+@pytest.mark.parametrize("removal", [None, "", "   "], ids=["null", "empty", "blank"])
+async def test_omitted_token_is_kept_and_null_or_empty_removes_it(
+    gateway: httpx.AsyncClient, removal: str | None
+) -> None:
+    """The same rule as the publisher API: omitted = keep, null or "" = remove."""
+    publisher = await create_publisher(gateway)
+    path = f"/api/v1/publishers/{publisher['id']}/postback"
+    template = "https://t.example/pb?cid={external_id}&t={security_token}"
+    await gateway.put(
+        path, json={"url_template": template, "security_token": "keep_me_please_42"}, headers=H
+    )
+
+    kept = await gateway.put(path, json={"url_template": template + "&v=2"}, headers=H)
+    assert kept.status_code == 200
+    assert kept.json()["security_token"] == "kee***_42"
+    assert kept.json()["warnings"] == []
+    assert (await gateway.get(path, headers=H)).json()["security_token"] == "kee***_42"
+
+    removed = await gateway.put(
+        path, json={"url_template": template, "security_token": removal}, headers=H
+    )
+    assert removed.status_code == 200
+    assert removed.json()["security_token"] is None
+    assert any("security_token" in w for w in removed.json()["warnings"])
+    assert (await gateway.get(path, headers=H)).json()["security_token"] is None
 
 
 async def test_unknown_macro_is_422_naming_it(gateway: httpx.AsyncClient) -> None:

@@ -434,24 +434,49 @@ async def test_forwarded_for_is_ignored_from_an_untrusted_peer(
 # --- bots and HEAD ------------------------------------------------------------------------
 
 
-async def test_head_requests_and_bots_are_recorded_as_bots_and_still_redirected(
+async def test_bots_are_recorded_as_bots_and_still_redirected(
     gateway: httpx.AsyncClient, db: asyncpg.Pool, publisher_id: int, advertiser_id: int
 ) -> None:
     offer_id = await create_offer(db, advertiser_id)
     _, code = await create_smartlink(db, publisher_id, [offer_id])
     human = await first_click(gateway, code, headers=BROWSER)
 
-    head = await gateway.head(f"/get/{code}", headers=BROWSER)
     bot = await gateway.get(f"/get/{code}", headers={"User-Agent": BOT_UA})
 
-    assert head.status_code == 302
-    assert head.content == b""
     assert bot.status_code == 302
-    head_row = await wait_stored(db, click_id_of(head))
-    assert (head_row["is_bot"], head_row["method"]) == (True, "HEAD")
     bot_row = await wait_stored(db, click_id_of(bot))
     assert (bot_row["is_bot"], bot_row["method"], bot_row["device"]) == (True, "GET", "other")
     assert (await wait_stored(db, click_id_of(human)))["is_bot"] is False
+
+
+async def test_head_answers_like_get_but_records_no_click(
+    gateway: httpx.AsyncClient, db: asyncpg.Pool, publisher_id: int, advertiser_id: int
+) -> None:
+    """Link checkers and previews send HEAD: same status and Location, nothing to convert."""
+    offer_id = await create_offer(db, advertiser_id)
+    smartlink_id, code = await create_smartlink(db, publisher_id, [offer_id])
+    first = await first_click(gateway, code, headers=BROWSER)
+
+    head = await gateway.head(f"/get/{code}?cid=preview", headers=BROWSER)
+    after = await gateway.get(f"/get/{code}?cid=after", headers=BROWSER)
+
+    assert head.status_code == after.status_code == 302
+    assert head.content == b""
+    head_location = urlsplit(head.headers["location"])
+    get_location = urlsplit(after.headers["location"])
+    assert (head_location.scheme, head_location.netloc, head_location.path) == (
+        get_location.scheme,
+        get_location.netloc,
+        get_location.path,
+    )
+    assert parse_qs(head_location.query).keys() == parse_qs(get_location.query).keys()
+    # The GET after the HEAD is stored, so the HEAD would have been too: nothing was.
+    await wait_stored(db, click_id_of(after))
+    stored = await db.fetch(
+        "SELECT click_id, external_id FROM clicks WHERE smartlink_id = $1", smartlink_id
+    )
+    assert sorted(r["click_id"] for r in stored) == sorted([click_id_of(first), click_id_of(after)])
+    assert "preview" not in {r["external_id"] for r in stored}
 
 
 # --- durability ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from click_gateway.app import GatewayApp, create_app
 from click_gateway.settings import GatewaySettings
+from postback_core.http_guard import server_options
 from postback_core.logs import configure_logging
 from postback_core.process import name_this_process
 
@@ -74,10 +75,10 @@ def serve(
         port=port or settings.port,
         workers=workers or settings.workers,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         proxy_headers=False,  # we read X-Forwarded-For ourselves, only from TRUSTED_PROXIES
-        server_header=False,
+        # httptools with a header deadline, keep-alive timeout, no Server header
+        **server_options(settings),
         log_config=None,
         timeout_graceful_shutdown=int(max(5, settings.click_flush_interval_ms / 1000 + 5)),
     )

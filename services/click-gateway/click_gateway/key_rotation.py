@@ -14,11 +14,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Update, func, update
 
 from postback_core.db.models import Advertiser, Publisher
+from postback_core.web import RequestModel
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
-class KeyRotation(BaseModel):
+class KeyRotation(RequestModel):
     grace_seconds: int | None = Field(
         None,
         ge=0,

@@ -6,6 +6,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from postback_core.http_guard import server_options
 from postback_core.logs import configure_logging
 from postback_dispatcher.dlq_cli import dlq
 from postback_dispatcher.settings import DispatcherSettings
@@ -47,9 +48,9 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
-        http="httptools",
         access_log=False,
-        server_header=False,
+        # httptools with a header deadline, keep-alive timeout, no Server header
+        **server_options(settings),
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )

@@ -14,6 +14,7 @@ from click_gateway.advertisers.schemas import (
 from click_gateway.deps import AdminOnly, Runtime, Session
 from click_gateway.key_rotation import KeyRotated, KeyRotation
 from click_gateway.pagination import Page, Pagination
+from postback_core.web import PathId
 
 router = APIRouter(prefix="/api/v1/advertisers", tags=["advertisers"], dependencies=[AdminOnly])
 
@@ -33,7 +34,7 @@ async def list_advertisers(session: Session, page: Pagination) -> Page[Advertise
 
 
 @router.get("/{advertiser_id}")
-async def get_advertiser(advertiser_id: int, session: Session) -> AdvertiserRead:
+async def get_advertiser(advertiser_id: PathId, session: Session) -> AdvertiserRead:
     try:
         return await service.get_advertiser(session, advertiser_id)
     except service.AdvertiserNotFound:

@@ -7,6 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from postback_core.web import RequestModel
+
 MAX_ALLOWED_NETWORKS = 100
 
 
@@ -19,13 +21,13 @@ def _clean_name(value: str) -> str:
     return value
 
 
-class AdvertiserCreate(BaseModel):
+class AdvertiserCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Acme Games"])
 
     _name = field_validator("name")(classmethod(lambda cls, v: _clean_name(v)))
 
 
-class AdvertiserUpdate(BaseModel):
+class AdvertiserUpdate(RequestModel):
     """Only the fields sent are changed; ``allowed_ips: null`` allows every address again."""
 
     name: str | None = Field(None, min_length=1, max_length=200)

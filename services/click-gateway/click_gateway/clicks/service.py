@@ -1,4 +1,4 @@
-"""The SmartLink click path: ``GET``/``HEAD /get/{code}`` → record the click → 302.
+"""The SmartLink click path: ``GET /get/{code}`` → record the click → 302.
 
 Built for speed (raw ASGI, see ``app.py``): the SmartLink and its offers come
 from the in-memory catalogue, the click id is generated in-process, the
@@ -320,7 +320,7 @@ class ClickService:
     # --- the click --------------------------------------------------------------------
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Raw ASGI handler for GET/HEAD /get/{code}."""
+        """Raw ASGI handler for GET/HEAD /get/{code}; HEAD answers alike but records nothing."""
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             await self._send_page(send, METHOD_PAGE, method)
@@ -352,8 +352,6 @@ class ClickService:
         client = scope["client"]
         ip, country, ip_wire = self._locate(client[0] if client else None, forwarded_for)
         os_family, device, is_bot = classify_user_agent(user_agent)
-        if method == "HEAD":
-            is_bot = True
 
         offer = smartlink.choose(country, os_family, device)
         if offer is None:
@@ -386,6 +384,11 @@ class ClickService:
                 *subs,
             )
         )
+        if method == "HEAD":
+            # Link checkers and previews: the same answer as GET, but no visit, so no click
+            # (a recorded HEAD could be converted).
+            await self._send_redirect(send, location)
+            return
         # Busy gateways issue several ids per millisecond: reuse the encoding.
         ms = click_id >> LOW_BITS
         if ms != self._created_ms:
@@ -414,6 +417,10 @@ class ClickService:
                 method,
             ),
         )
+        await self._send_redirect(send, location)
+
+    @staticmethod
+    async def _send_redirect(send: Any, location: str) -> None:
         await send(
             {
                 "type": "http.response.start",

@@ -35,15 +35,17 @@ from click_gateway.conversions.schemas import (
 from click_gateway.conversions.service import Caller, ConversionRecorder, ConversionRefused
 from click_gateway.offers.schemas import PayoutAmount
 from postback_core.enums import ConversionStatus
+from postback_core.web import RequestModel
 
 MAX_ROWS = 10_000
+PATH = "/api/v1/conversions/bulk"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # New conversions submitted at once (the recorder batches them into statements).
 REPORTS_IN_FLIGHT = 256
 CSV_TYPES = ("text/csv", "application/csv")
 
 
-class BulkRow(BaseModel):
+class BulkRow(RequestModel):
     """A new conversion, or (with ``status``) a change of one."""
 
     conversion_id: ConversionId | None = None

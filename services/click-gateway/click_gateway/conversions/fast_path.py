@@ -8,7 +8,8 @@ same recorder and the same response bodies. Anything else (a missing or unknown
 key, an address outside the advertiser's allowed_ips, the admin token, a body
 that does not validate, an unusual content type, a huge body) is replayed into the
 FastAPI route, which stays the single definition of the endpoint's errors and
-of its OpenAPI schema.
+of its OpenAPI schema. It runs behind the request guard (``app.py``), which
+caps the body and checks the API key before any of the body is read.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class ConversionFastPath:
         except ValidationError:
             return await self._replay(scope, body, complete, receive, send)
         try:
+            # The guard has authenticated the key; the lookup (a cache hit) also brings
+            # the advertiser's allowed networks.
             key = await self.keys.lookup(self.recorder.pool, api_key)
             if key is None or (
                 key.allowed_networks is not None

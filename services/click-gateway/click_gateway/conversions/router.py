@@ -243,7 +243,7 @@ async def report_conversion_s2s(
     caller: QueryCaller,
     click_id: Annotated[ClickId, Query()],
     payout: Annotated[str | None, Query(description="Decimal; empty = goal payout.")] = None,
-    txid: Annotated[str | None, Query(max_length=MAX_TXID_LENGTH)] = None,
+    txid: Annotated[Text | None, Query(max_length=MAX_TXID_LENGTH)] = None,
     goal: Annotated[Text | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
     amount: Annotated[str | None, Query(description="Decimal: the sale's value.")] = None,
     status: Annotated[

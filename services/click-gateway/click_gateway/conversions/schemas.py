@@ -6,26 +6,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field, PlainSerializer
 
 from click_gateway.offers.schemas import PayoutAmount
 from click_gateway.pagination import MAX_BIGINT
 from postback_core.contracts import IdString
 from postback_core.enums import ConversionActor, ConversionStatus
+from postback_core.web import RequestModel, Text
 
 MAX_TXID_LENGTH = 128
 MAX_GOAL_LENGTH = 64
 MAX_REASON_LENGTH = 200
 
-
-def _no_nul(value: str) -> str:
-    """PostgreSQL text can't hold NUL: refuse it here (422) instead of failing in the database."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 ClickId = Annotated[int, Field(gt=0, le=MAX_BIGINT, description="Our internal click id.")]
 ConversionId = Annotated[int, Field(gt=0, le=MAX_BIGINT)]
 # What the advertiser reports (a sale's value): revenue-share goals pay a percentage of it.
@@ -47,7 +39,7 @@ GoalName = Annotated[
 ]
 
 
-class ConversionCreate(BaseModel):
+class ConversionCreate(RequestModel):
     click_id: ClickId
     goal: GoalName | None = None
     payout: PayoutAmount | None = Field(
@@ -63,7 +55,7 @@ class ConversionCreate(BaseModel):
     )
 
 
-class StatusUpdate(BaseModel):
+class StatusUpdate(RequestModel):
     status: ConversionStatus
     reason: Text | None = Field(None, max_length=MAX_REASON_LENGTH)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from click_gateway.offers.schemas import PayoutAmount
+from postback_core.web import RequestModel
 
 MAX_CAP = 2**31 - 1
 MAX_HOLD_DAYS = 3650
@@ -30,7 +31,7 @@ Cap = Annotated[int, Field(ge=0, le=MAX_CAP)]
 HoldDays = Annotated[int, Field(ge=0, le=MAX_HOLD_DAYS)]
 
 
-class GoalCreate(BaseModel):
+class GoalCreate(RequestModel):
     name: GoalSlug
     payout: PayoutAmount | None = Field(None, description="Fixed payout (USD).")
     revenue_share_percent: Percent | None = Field(
@@ -52,7 +53,7 @@ class GoalCreate(BaseModel):
         return self
 
 
-class GoalUpdate(BaseModel):
+class GoalUpdate(RequestModel):
     """Only the fields sent are changed; ``null`` removes a cap or holds until decided."""
 
     name: GoalSlug | None = None

@@ -13,6 +13,7 @@ from click_gateway.offers import service
 from click_gateway.offers.macros import OfferTemplateError
 from click_gateway.offers.schemas import OfferCreate, OfferRead, OfferUpdate
 from click_gateway.pagination import MAX_BIGINT, Page, Pagination
+from postback_core.web import PathId
 
 router = APIRouter(prefix="/api/v1/offers", tags=["offers"], dependencies=[AdminOnly])
 
@@ -50,7 +51,7 @@ async def list_offers(
 
 
 @router.get("/{offer_id}")
-async def get_offer(offer_id: int, session: Session) -> OfferRead:
+async def get_offer(offer_id: PathId, session: Session) -> OfferRead:
     try:
         return await service.get_offer(session, offer_id)
     except service.OfferNotFound:
@@ -59,7 +60,7 @@ async def get_offer(offer_id: int, session: Session) -> OfferRead:
 
 @router.patch("/{offer_id}", response_model=OfferRead)
 async def update_offer(
-    offer_id: int, data: OfferUpdate, request: Request, session: Session, runtime: Runtime
+    offer_id: PathId, data: OfferUpdate, request: Request, session: Session, runtime: Runtime
 ) -> OfferRead | JSONResponse:
     """Change targeting, weight, payout or is_active; the click cache picks it up."""
     try:

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
+from postback_core.web import RequestModel
+
 # At most 4 decimals (the column's scale) so nothing is silently rounded; the
 # upper bound (MAX_PAYOUT) is configuration, checked by the services.
 PayoutAmount = Annotated[
@@ -50,7 +52,7 @@ def _devices(value: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(value)) or None
 
 
-class _Targeting(BaseModel):
+class _Targeting(RequestModel):
     countries: list[str] | None = Field(
         None, max_length=300, description="ISO-2 codes (any case); null or [] = any country."
     )

@@ -12,6 +12,7 @@ from click_gateway.publishers import service
 from click_gateway.publishers.schemas import PublisherCreate, PublisherCreated, PublisherRead
 from postback_core.macros import TemplateError
 from postback_core.postback_settings import PostbackSettingsRead, PostbackSettingsUpdate
+from postback_core.web import PathId
 
 router = APIRouter(prefix="/api/v1/publishers", tags=["publishers"], dependencies=[AdminOnly])
 
@@ -39,7 +40,7 @@ async def list_publishers(session: Session, page: Pagination) -> Page[PublisherR
 
 
 @router.get("/{publisher_id}")
-async def get_publisher(publisher_id: int, session: Session) -> PublisherRead:
+async def get_publisher(publisher_id: PathId, session: Session) -> PublisherRead:
     try:
         return await service.get_publisher(session, publisher_id)
     except service.PublisherNotFound:
@@ -66,7 +67,7 @@ async def rotate_publisher_key(
     responses={422: {"description": "Refused template; unknown_macros names each typo"}},
 )
 async def put_postback_settings(
-    publisher_id: int, data: PostbackSettingsUpdate, session: Session
+    publisher_id: PathId, data: PostbackSettingsUpdate, session: Session
 ) -> PostbackSettingsRead | JSONResponse:
     """Save the postback URL template; unknown macros are refused, weak templates warned."""
     try:
@@ -78,7 +79,7 @@ async def put_postback_settings(
 
 
 @router.get("/{publisher_id}/postback")
-async def get_postback_settings(publisher_id: int, session: Session) -> PostbackSettingsRead:
+async def get_postback_settings(publisher_id: PathId, session: Session) -> PostbackSettingsRead:
     try:
         settings = await service.read_postback_settings(session, publisher_id)
     except service.PublisherNotFound:

@@ -6,8 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from postback_core.web import RequestModel
 
-class PublisherCreate(BaseModel):
+
+class PublisherCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Acme Installs"])
 
     @field_validator("name")

@@ -10,6 +10,7 @@ from click_gateway.deps import AdminOnly, Runtime, Session
 from click_gateway.pagination import MAX_BIGINT, Page, Pagination
 from click_gateway.smartlinks import service
 from click_gateway.smartlinks.schemas import SmartLinkCreate, SmartLinkRead, SmartLinkUpdate
+from postback_core.web import PathId
 
 router = APIRouter(prefix="/api/v1/smartlinks", tags=["smartlinks"], dependencies=[AdminOnly])
 
@@ -50,7 +51,7 @@ async def list_smartlinks(
 
 @router.get("/{smartlink_id}")
 async def get_smartlink(
-    smartlink_id: int, request: Request, session: Session, runtime: Runtime
+    smartlink_id: PathId, request: Request, session: Session, runtime: Runtime
 ) -> SmartLinkRead:
     try:
         return await service.get_smartlink(session, smartlink_id, _base_url(request, runtime))
@@ -60,7 +61,7 @@ async def get_smartlink(
 
 @router.patch("/{smartlink_id}")
 async def update_smartlink(
-    smartlink_id: int,
+    smartlink_id: PathId,
     data: SmartLinkUpdate,
     request: Request,
     session: Session,

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator
 
 from click_gateway.pagination import MAX_BIGINT
+from postback_core.web import RequestModel
 
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
 MAX_OFFERS_PER_SMARTLINK = 500
@@ -38,7 +39,7 @@ def _offer_ids(value: list[int] | None) -> list[int] | None:
     return list(dict.fromkeys(value))
 
 
-class SmartLinkCreate(BaseModel):
+class SmartLinkCreate(RequestModel):
     publisher_id: int = Field(gt=0, le=MAX_BIGINT)
     offer_ids: list[int] = Field(max_length=MAX_OFFERS_PER_SMARTLINK)
     code: str | None = Field(
@@ -60,7 +61,7 @@ class SmartLinkCreate(BaseModel):
         return value
 
 
-class SmartLinkUpdate(BaseModel):
+class SmartLinkUpdate(RequestModel):
     """Only the fields sent are changed; ``fallback_url: null`` removes it."""
 
     is_active: bool | None = None

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from postback_core.web import PathId
 from postback_dispatcher.dead_letters import schemas, service
 from postback_dispatcher.dead_letters.publisher import ReplayPublisher
 from postback_dispatcher.deps import AdminOnly, Runtime, Session
@@ -97,8 +98,8 @@ async def purge_matching(
     return schemas.PurgeResult(count=await service.purge_matching(session, body.to_filters()))
 
 
-@router.get("/{dead_letter_id}", response_model=schemas.DeadLetterDetail)
-async def get_dead_letter(dead_letter_id: int, session: Session) -> schemas.DeadLetterDetail:
+@router.get("/{dead_letter_id:int}", response_model=schemas.DeadLetterDetail)
+async def get_dead_letter(dead_letter_id: PathId, session: Session) -> schemas.DeadLetterDetail:
     """One dead letter with every recorded attempt of its conversion."""
     try:
         return await service.get_detail(session, dead_letter_id)
@@ -107,13 +108,13 @@ async def get_dead_letter(dead_letter_id: int, session: Session) -> schemas.Dead
 
 
 @router.post(
-    "/{dead_letter_id}/replay",
+    "/{dead_letter_id:int}/replay",
     status_code=202,
     response_model=schemas.ReplayAccepted,
     responses={409: {"description": "not open"}, 503: {"description": "broker unavailable"}},
 )
 async def replay_dead_letter(
-    dead_letter_id: int, runtime: Runtime, request: Request
+    dead_letter_id: PathId, runtime: Runtime, request: Request
 ) -> schemas.ReplayAccepted | JSONResponse:
     """Send it again through the normal pipeline, as a new delivery sequence."""
     try:
@@ -128,8 +129,8 @@ async def replay_dead_letter(
         return _broker_down(exc)
 
 
-@router.delete("/{dead_letter_id}", status_code=204)
-async def purge_dead_letter(dead_letter_id: int, session: Session) -> Response:
+@router.delete("/{dead_letter_id:int}", status_code=204)
+async def purge_dead_letter(dead_letter_id: PathId, session: Session) -> Response:
     """Drop one open dead letter from the list for good."""
     try:
         await service.purge_one(session, dead_letter_id)

@@ -10,23 +10,33 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_valida
 
 from postback_core.contracts import IdString
 from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeadLetterState
+from postback_core.web import MAX_DB_ID, RequestModel
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
-MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints: a larger one is a 422, not a 500
 
 
-class DeadLetterFilterFields(BaseModel):
+class DeadLetterFilterFields(RequestModel):
     """The filters shared by listing, bulk replay and bulk purge."""
 
     model_config = ConfigDict(extra="forbid")
 
-    publisher_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
-    offer_id: int | None = Field(None, ge=1, le=MAX_BIGINT)
+    publisher_id: int | None = Field(None, ge=1, le=MAX_DB_ID)
+    offer_id: int | None = Field(None, ge=1, le=MAX_DB_ID)
     reason: DeadLetterReason | None = Field(None, description="one of the stored reasons")
     last_status: int | None = Field(None, ge=0, le=999)
     since: datetime | None = Field(None, description="dead_at at or after this time")
     until: datetime | None = Field(None, description="dead_at before this time")
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _not_a_bare_number(cls, value: object) -> object:
+        """A date-time, as documented: "0.5" is not one (pydantic would read epoch seconds)."""
+        if isinstance(value, int | float) or (
+            isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+        ):
+            raise ValueError("must be an ISO 8601 date-time")
+        return value
 
     @field_validator("since", "until")
     @classmethod

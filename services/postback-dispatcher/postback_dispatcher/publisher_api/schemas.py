@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from postback_core.enums import AttemptOutcome, AttemptTrigger
 from postback_core.macros import MAX_TEMPLATE_LENGTH
 from postback_core.postback_settings import MAX_SECURITY_TOKEN_LENGTH
+from postback_core.web import RequestModel
 
 
 class MyPostbackSettings(BaseModel):
@@ -24,7 +25,7 @@ class MyPostbackSettings(BaseModel):
     updated_at: datetime | None
 
 
-class MyPostbackSettingsUpdate(BaseModel):
+class MyPostbackSettingsUpdate(RequestModel):
     """``security_token`` omitted keeps the current token; null or "" removes it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -36,7 +37,7 @@ class MyPostbackSettingsUpdate(BaseModel):
     security_token: str | None = Field(None, max_length=MAX_SECURITY_TOKEN_LENGTH)
 
 
-class TemplateCheck(BaseModel):
+class TemplateCheck(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     url_template: str = Field(max_length=MAX_TEMPLATE_LENGTH)
@@ -51,7 +52,7 @@ class PreviewResult(BaseModel):
     warnings: list[str]
 
 
-class TestPostbackRequest(BaseModel):
+class TestPostbackRequest(RequestModel):
     """Both optional: by default the saved template and token are used."""
 
     model_config = ConfigDict(extra="forbid")
@@ -92,7 +93,7 @@ class PostbackAttemptPage(BaseModel):
     next_cursor: str | None
 
 
-class PostbackAttemptQuery(BaseModel):
+class PostbackAttemptQuery(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(25, ge=1, le=200)
