@@ -9,16 +9,18 @@ FastAPI app.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
-from click_gateway import health
+from click_gateway import health, metrics
 from click_gateway.conversions import fast_path
 from click_gateway.runtime import GatewayRuntime
 from click_gateway.settings import GatewaySettings
+from postback_core.logs import RequestIdMiddleware
 from postback_core.web import install_error_handlers
 
 CLICK_PREFIX = "/get/"
@@ -41,7 +43,9 @@ def create_api(runtime: GatewayRuntime) -> FastAPI:
     )
     api.state.runtime = runtime
     install_error_handlers(api)
+    api.add_middleware(RequestIdMiddleware)
     api.include_router(health.router)
+    api.include_router(metrics.router)
     from click_gateway.routers import include_feature_routers
 
     include_feature_routers(api)
@@ -55,18 +59,24 @@ class GatewayApp:
         self.runtime = runtime
         self.api = create_api(runtime)
         self._click = runtime.clicks.handle
-        self.conversions = fast_path.ConversionFastPath(
-            self.api,
-            self.api.state.conversion_recorder,
-            self.api.state.advertiser_key_cache,
-            runtime.clicks,
+        self._click_duration = metrics.CLICK_DURATION_LOCAL.observe
+        self.conversions = RequestIdMiddleware(
+            fast_path.ConversionFastPath(
+                self.api,
+                self.api.state.conversion_recorder,
+                self.api.state.advertiser_key_cache,
+                runtime.clicks,
+            )
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             if path.startswith(CLICK_PREFIX):
-                return await self._click(scope, receive, send)
+                started = time.perf_counter()
+                await self._click(scope, receive, send)
+                self._click_duration(time.perf_counter() - started)
+                return
             if path == fast_path.PATH and scope["method"] == "POST":
                 return await self.conversions(scope, receive, send)
         await self.api(scope, receive, send)

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from click_gateway.app import GatewayApp, create_app
 from click_gateway.settings import GatewaySettings
-from postback_core.logs import configure_logging
+from postback_core.logs import configure_logging_from
+from postback_core.metrics_dir import prepare_multiprocess_dir
 from postback_core.process import name_this_process
 
 cli = typer.Typer(
@@ -49,7 +50,7 @@ def _migrate(settings: GatewaySettings) -> None:
 def migrate() -> None:
     """Create the database if missing, apply migrations, declare the queue topology."""
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     _migrate(settings)
 
 
@@ -64,15 +65,19 @@ def serve(
 ) -> None:
     """Serve the gateway (Ctrl-C or SIGTERM stops it after flushing buffered clicks)."""
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     if migrate_first:
         _migrate(settings)
+    worker_count = workers or settings.workers
+    if worker_count > 1:
+        # Each worker records its own metrics; /metrics (any worker) adds them all up.
+        prepare_multiprocess_dir("click-gateway")
     uvicorn.run(
         "click_gateway.cli:serving_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers or settings.workers,
+        workers=worker_count,
         loop="uvloop",
         http="httptools",
         access_log=False,
@@ -90,7 +95,7 @@ def serving_app() -> GatewayApp:
     """
     name_this_process("click-gateway")
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     return create_app(settings)
 
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from postback_core.logs import RequestIdMiddleware
 from postback_core.web import install_error_handlers
 from postback_dispatcher import health, metrics
 from postback_dispatcher.runtime import DispatcherRuntime
@@ -36,6 +37,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     from postback_dispatcher.routers import include_feature_routers

@@ -6,7 +6,8 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from postback_core.logs import configure_logging
+from postback_core.logs import configure_logging_from
+from postback_core.metrics_dir import prepare_multiprocess_dir
 from postback_dispatcher.dlq_cli import dlq
 from postback_dispatcher.settings import DispatcherSettings
 
@@ -37,10 +38,14 @@ def serve(
 ) -> None:
     """Consume conversion events and deliver postbacks; serve health and operator APIs."""
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     from postback_dispatcher.workers import tune_gc
 
     tune_gc()
+    if settings.workers > 1:
+        # Before the app (and prometheus_client) is imported: every consumer process
+        # records into the shared files that /metrics adds up.
+        prepare_multiprocess_dir("postback-dispatcher")
     uvicorn.run(
         "postback_dispatcher.app:create_app",
         factory=True,

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from click_gateway.clicks import repository
+from click_gateway.metrics import CLICK_FLUSH_DURATION, CLICK_FLUSH_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class ClickBuffer:
         pending[click_id] = row
         if len(pending) >= self.max_rows:
             self._wake.set()
+
+    def depth(self) -> int:
+        """Clicks answered but not yet stored."""
+        return len(self.pending) + len(self.in_flight)
 
     def get(self, click_id: int) -> ClickRow | None:
         return self.pending.get(click_id) or self.in_flight.get(click_id)
@@ -150,6 +155,7 @@ class ClickBuffer:
             if not self.in_flight:
                 return True
             rows = list(self.in_flight.values())
+            started = time.perf_counter()
             try:
                 try:
                     await self._write(rows)
@@ -158,6 +164,7 @@ class ClickBuffer:
                     await self._write_one_by_one(rows)
             except Exception as exc:
                 self.failed_flushes += 1
+                CLICK_FLUSH_FAILURES.inc()
                 self._uncertain = True
                 log.error(
                     "click flush failed (%s: %s); %d rows kept for retry",
@@ -167,6 +174,7 @@ class ClickBuffer:
                 )
                 await self._drop_connection()
                 return False
+            CLICK_FLUSH_DURATION.observe(time.perf_counter() - started)
             self.flushed_rows += len(rows)
             self.in_flight = {}
             return True

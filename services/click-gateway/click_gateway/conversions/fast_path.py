@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache
 from click_gateway.clicks.service import ClickService
+from click_gateway.conversions.counting import counted
 from click_gateway.conversions.schemas import ConversionCreate
 from click_gateway.conversions.service import ConversionRecorder, ConversionRefused
 
@@ -69,12 +70,14 @@ class ConversionFastPath:
             advertiser_id = await self.keys.advertiser_id(self.recorder.pool, api_key)
             if advertiser_id is None:
                 return await self._replay(scope, body, complete, receive, send)
-            result = await self.recorder.record(
-                self.clicks,
-                advertiser_id=advertiser_id,
-                click_id=data.click_id,
-                payout=data.payout,
-                txid=data.txid,
+            result = await counted(
+                self.recorder.record(
+                    self.clicks,
+                    advertiser_id=advertiser_id,
+                    click_id=data.click_id,
+                    payout=data.payout,
+                    txid=data.txid,
+                )
             )
         except ConversionRefused as exc:
             await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}))

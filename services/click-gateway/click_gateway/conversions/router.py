@@ -12,6 +12,7 @@ from fastapi import status as http_status
 from pydantic import TypeAdapter, ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache
+from click_gateway.conversions.counting import counted
 from click_gateway.conversions.schemas import (
     MAX_TXID_LENGTH,
     ClickId,
@@ -104,12 +105,14 @@ async def _record(
     txid: str | None,
 ) -> ConversionRead:
     try:
-        result = await recorder.record(
-            runtime.clicks,
-            advertiser_id=advertiser_id,
-            click_id=click_id,
-            payout=payout,
-            txid=txid,
+        result = await counted(
+            recorder.record(
+                runtime.clicks,
+                advertiser_id=advertiser_id,
+                click_id=click_id,
+                payout=payout,
+                txid=txid,
+            )
         )
     except ConversionRefused as exc:
         raise HTTPException(exc.status_code, exc.detail) from None
