@@ -14,9 +14,10 @@ endif
 
 .PHONY: run test lint typecheck bench bench-quick install system-packages clean
 
-# Debian packages the tests and benchmarks drive: Chromium (browser tests) and wrk
-# (click benchmark). Installed on first use; needs root or sudo.
-SYSTEM_PACKAGES := chromium wrk
+# Debian packages the tests and benchmarks drive: Chromium (browser tests), wrk
+# (click benchmark) and prometheus (promtool checks the alert rules and dashboard
+# queries). Installed on first use; needs root or sudo.
+SYSTEM_PACKAGES := chromium wrk prometheus
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
