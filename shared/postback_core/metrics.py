@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from math import log2
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,7 +34,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
-from prometheus_client.utils import INF
 
 from postback_core.metrics_dir import MULTIPROC_ENV, pid_alive
 
@@ -44,28 +43,23 @@ disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PUMP_INTERVAL_SECONDS = 1.0
-# Seconds; the click handler answers in well under a millisecond.
-FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
-# Seconds; postbacks and flushes: a few ms to the timeout.
-REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
-# Seconds from conversion accepted to 2xx: first try, then the retry tiers (5 s .. hours).
-DELIVERY_BUCKETS = (
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    1800.0,
-    7200.0,
-    36000.0,
-    86400.0,
-)
+
+
+def doubling_buckets(smallest_exponent: int, largest_exponent: int) -> tuple[float, ...]:
+    """Histogram bounds of 2**k nanoseconds, in seconds (each bucket twice the last).
+
+    Powers of two let ``LocalHistogram`` find an observation's bucket with one
+    ``int.bit_length`` instead of a search over float bounds.
+    """
+    return tuple(2**k / 1e9 for k in range(smallest_exponent, largest_exponent + 1))
+
+
+# 33 µs .. 1.07 s: the click handler answers in well under a millisecond.
+FAST_BUCKETS = doubling_buckets(15, 30)
+# 1 ms .. 34 s: postbacks and click flushes, up to past the postback timeout.
+REQUEST_BUCKETS = doubling_buckets(20, 35)
+# 33 ms .. 39 h: conversion accepted → 2xx, first try through the last retry tier.
+DELIVERY_BUCKETS = doubling_buckets(25, 47)
 
 
 def forget_dead_processes(path: str) -> None:
@@ -138,28 +132,41 @@ class Tally:
 
 
 class LocalHistogram:
-    """A histogram of this process in plain integers (one ``bisect`` per observation).
+    """A histogram of this process, recorded as raw nanoseconds and binned off the hot path.
 
-    ``flush`` adds the observations to ``histogram`` (same buckets) without
-    replaying them one by one.
+    ``observe_ns`` *is* ``list.append`` (a C call: the click path times every
+    click for the price of the two clock reads and one append); ``flush`` bins
+    what was recorded into ``doubling_buckets`` bounds with one ``bit_length``
+    each and adds it to ``histogram``. The list holds at most one pump interval
+    of observations. A duration of exactly a power of two nanoseconds lands one
+    bucket up (immaterial at nanosecond resolution).
     """
 
     def __init__(self, histogram: Histogram, buckets: Sequence[float]) -> None:
+        shift = round(log2(buckets[0] * 1e9))
+        if buckets != doubling_buckets(shift, shift + len(buckets) - 1):
+            raise ValueError("LocalHistogram needs doubling_buckets bounds")
         self.histogram = histogram
-        self.bounds = (*buckets, INF)
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
+        self.shift = shift
+        self.buckets = len(buckets)  # index of the +Inf bucket
+        self._recorded: list[int] = []
+        self.observe_ns: Callable[[int], None] = self._recorded.append
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.total += seconds
+        self.observe_ns(int(max(0.0, seconds) * 1e9))
 
     def flush(self) -> None:
-        counts, total = self.counts, self.total
-        if not any(counts):
+        recorded = self._recorded
+        if not recorded:
             return
-        self.counts, self.total = [0] * len(self.bounds), 0.0
-        add_observations(self.histogram, counts, total)
+        values = recorded.copy()
+        recorded.clear()  # the same list: ``observe_ns`` stays bound to it
+        counts = [0] * (self.buckets + 1)
+        shift, last = self.shift, self.buckets
+        for nanoseconds in values:
+            index = (max(nanoseconds, 0) >> shift).bit_length()
+            counts[index if index < last else last] += 1
+        add_observations(self.histogram, counts, sum(values) / 1e9)
 
 
 def add_observations(histogram: Histogram, bucket_counts: Sequence[int], total: float) -> None:

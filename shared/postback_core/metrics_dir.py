@@ -32,7 +32,8 @@ def pid_alive(pid: int) -> bool:
 def prepare_multiprocess_dir(service: str) -> Path:
     """Give this run's processes a private, empty metrics directory (call before spawning).
 
-    Directories left by runs that died without cleaning up (SIGKILL) are
+    The directory is removed at exit. Directories left by runs that ended by a
+    signal (SIGKILL; uvicorn re-raises the SIGTERM it handled) are
     removed when their owner's pid is gone, or is ours (a restarted container
     whose serving process is pid 1 again).
     """

@@ -14,18 +14,24 @@ from postback_core.metrics_dir import MULTIPROC_ENV, prepare_multiprocess_dir
 
 
 def test_a_local_histogram_flushes_exactly_what_observe_would_have_recorded() -> None:
-    observed = [0.00005, 0.0001, 0.0003, 0.002, 0.002, 0.7, 3.0, 120.0]
+    observed = [0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.002, 0.002, 0.7, 3.0, 120.0]
     direct_registry, pumped_registry = CollectorRegistry(), CollectorRegistry()
     direct = Histogram("h_seconds", "d", buckets=FAST_BUCKETS, registry=direct_registry)
     pumped = Histogram("h_seconds", "d", buckets=FAST_BUCKETS, registry=pumped_registry)
     local = LocalHistogram(pumped, FAST_BUCKETS)
     for value in observed:
         direct.observe(value)
-        local.observe(value)
+        local.observe_ns(round(value * 1e9))
     assert generate_latest(pumped_registry) != generate_latest(direct_registry)  # not yet
     local.flush()
     local.flush()  # nothing new: adds nothing
     assert generate_latest(pumped_registry) == generate_latest(direct_registry)
+
+
+def test_a_local_histogram_only_takes_doubling_bounds() -> None:
+    histogram = Histogram("odd_seconds", "d", buckets=(0.1, 0.5, 1.0), registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="doubling_buckets"):
+        LocalHistogram(histogram, (0.1, 0.5, 1.0))
 
 
 def test_a_tally_moves_its_counts_into_the_counter_once() -> None:

@@ -9,9 +9,9 @@ FastAPI app.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import perf_counter_ns
 from typing import Any
 
 from fastapi import FastAPI
@@ -59,7 +59,7 @@ class GatewayApp:
         self.runtime = runtime
         self.api = create_api(runtime)
         self._click = runtime.clicks.handle
-        self._click_duration = metrics.CLICK_DURATION_LOCAL.observe
+        self._click_duration = metrics.CLICK_DURATION_LOCAL.observe_ns
         self.conversions = RequestIdMiddleware(
             fast_path.ConversionFastPath(
                 self.api,
@@ -73,9 +73,9 @@ class GatewayApp:
         if scope["type"] == "http":
             path = scope["path"]
             if path.startswith(CLICK_PREFIX):
-                started = time.perf_counter()
+                started = perf_counter_ns()
                 await self._click(scope, receive, send)
-                self._click_duration(time.perf_counter() - started)
+                self._click_duration(perf_counter_ns() - started)
                 return
             if path == fast_path.PATH and scope["method"] == "POST":
                 return await self.conversions(scope, receive, send)

@@ -21,6 +21,11 @@ cli = typer.Typer(
     add_completion=False,
 )
 log = logging.getLogger("click_gateway")
+# uvicorn kills a worker that does not answer its supervisor's ping in time, and a
+# new worker answers only once its imports are done (the user-agent parser compiles
+# its rules): on a throttled or busy CPU that takes well over uvicorn's 5 s default,
+# and every replacement would be killed the same way.
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def _settings() -> GatewaySettings:
@@ -85,6 +90,7 @@ def serve(
         server_header=False,
         log_config=None,
         timeout_graceful_shutdown=int(max(5, settings.click_flush_interval_ms / 1000 + 5)),
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 
