@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from postback_core.metrics import FAST_BUCKETS, LocalHistogram, MetricsPump, Tally
+from postback_core.metrics import (
+    FAST_BUCKETS,
+    LocalHistogram,
+    MetricsPump,
+    Tally,
+    forget_dead_processes,
+)
 from postback_core.metrics_dir import MULTIPROC_ENV, prepare_multiprocess_dir
 
 
@@ -73,3 +79,13 @@ def test_each_run_gets_a_private_directory_and_dead_runs_are_cleaned(
     assert path.name.startswith(f"click-gateway-{os.getpid()}-")
     assert not stale.exists()
     assert alive.exists() and unrelated.exists()
+
+
+def test_live_gauges_of_dead_workers_are_dropped_and_their_counters_kept(tmp_path: Path) -> None:
+    dead, alive = _dead_pid(), os.getpid()
+    for name in (f"gauge_livesum_{dead}.db", f"gauge_livesum_{alive}.db", f"counter_{dead}.db"):
+        (tmp_path / name).write_bytes(b"")
+    forget_dead_processes(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"gauge_livesum_{alive}.db", f"counter_{dead}.db"]
+    )

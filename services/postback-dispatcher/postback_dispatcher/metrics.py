@@ -155,21 +155,21 @@ def observe_attempt(
     ATTEMPT_TALLY.add(outcome.value, klass.value, reason.value if reason else NO_REASON)
     if duration_seconds is not None:
         ATTEMPT_DURATION_LOCAL.observe(duration_seconds)
+    fields = {
+        "outcome": outcome.value,
+        "conversion_id": conversion_id,
+        "event_id": None if event_id is None else str(event_id),
+        "attempt": attempt_no,
+        "http_status": http_status,
+        "status_class": klass.value,
+        "reason": reason.value if reason else None,
+        "duration_ms": None if duration_seconds is None else round(duration_seconds * 1000, 2),
+        "url": url_masked,
+        "error_class": error_class,
+    }
+    # Unknown fields are left out (the delivery context may already carry the ids).
     delivery_log.info(
-        "postback %s",
-        outcome.value,
-        extra={
-            "outcome": outcome.value,
-            "conversion_id": conversion_id,
-            "event_id": None if event_id is None else str(event_id),
-            "attempt": attempt_no,
-            "http_status": http_status,
-            "status_class": klass.value,
-            "reason": reason.value if reason else None,
-            "duration_ms": None if duration_seconds is None else round(duration_seconds * 1000, 2),
-            "url": url_masked,
-            "error_class": error_class,
-        },
+        "postback %s", outcome.value, extra={k: v for k, v in fields.items() if v is not None}
     )
 
 
