@@ -210,7 +210,10 @@ class RequestIdMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        token = request_id_var.set(request_id)
+        # Not reset afterwards: Starlette runs the 500 handler (which logs the error)
+        # outside every user middleware, and it must still see the id. The server
+        # runs each request in a task of its own, whose context starts without one.
+        request_id_var.set(request_id)
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
@@ -223,4 +226,3 @@ class RequestIdMiddleware:
                     status,
                     extra={"duration_ms": round((time.perf_counter() - started) * 1000, 2)},
                 )
-            request_id_var.reset(token)

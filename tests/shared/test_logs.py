@@ -8,10 +8,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from click_gateway.app import create_app
 from click_gateway.settings import GatewaySettings
-from postback_core.logs import configure_logging, configure_logging_from, delivery_context
+from postback_core.logs import (
+    RequestIdMiddleware,
+    configure_logging,
+    configure_logging_from,
+    delivery_context,
+)
+from postback_core.web import install_error_handlers
 from tests.conftest import ADMIN_TOKEN
 from tests.support.servers import serve_asgi
 
@@ -112,3 +119,41 @@ def test_dev_logs_are_text_for_people(
     line = capsys.readouterr().err.strip()
     assert not line.startswith("{")
     assert line.endswith("WARNING click_gateway: hello [conversion_id=7]")
+
+
+async def test_the_500_error_line_carries_the_request_id_and_ids_never_leak(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Starlette logs unhandled errors outside every middleware: the id must still be there."""
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaput")
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        logging.getLogger("test.ok").warning("fine")
+        return {"status": "ok"}
+
+    configure_logging("INFO", json=True)
+    for client_side in ("httpx", "httpcore"):
+        logging.getLogger(client_side).setLevel(logging.WARNING)
+    async with serve_asgi(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        failed = await client.get("/boom", headers={"X-Request-Id": "trace-500"})
+        # Same connection (keep-alive) and a new one: each request gets its own id.
+        same = await client.get("/ok")
+        async with httpx.AsyncClient(base_url=base_url) as other:
+            fresh = await other.get("/ok")
+    assert failed.status_code == 500 and failed.json() == {"detail": "internal error"}
+    lines = _json_lines(capsys.readouterr().err)
+    (error,) = [line for line in lines if line["message"].startswith("unhandled error")]
+    assert error["request_id"] == "trace-500" and "kaput" in str(error["exception"])
+    oks = [line for line in lines if line["message"] == "fine"]
+    assert [line["request_id"] for line in oks] == [
+        same.headers["x-request-id"],
+        fresh.headers["x-request-id"],
+    ]
+    assert len({"trace-500", *(line["request_id"] for line in oks)}) == 3
