@@ -127,15 +127,20 @@ async def test_gateway_workers_add_up_in_every_scrape(
             async with httpx.AsyncClient(base_url=base_url) as client:
                 return (await client.get(f"/get/{code}?cid=mp", headers=BROWSER)).status_code
 
+        redirects = 0
+
         async def served() -> bool:
-            return await click() == 302
+            nonlocal redirects
+            if await click() == 302:
+                redirects += 1
+            return redirects > 0
 
         await wait_for(served, timeout=15, message="smartlink served")
+        statuses = [await click() for _ in range(80)]
+        assert statuses == [302] * 80
+        expected = redirects + 80  # a fresh process tree: its counters started at 0
         redirected = {"outcome": "redirected"}
         async with httpx.AsyncClient(base_url=base_url) as client:
-            before = (await scrape(client)).value("click_gateway_clicks_total", redirected)
-            statuses = [await click() for _ in range(80)]
-            assert statuses == [302] * 80
 
             async def counted() -> bool:
                 # Each scrape may be answered by either worker: all must agree.
@@ -143,11 +148,11 @@ async def test_gateway_workers_add_up_in_every_scrape(
                     (await scrape(client)).value("click_gateway_clicks_total", redirected)
                     for _ in range(4)
                 ]
-                return values == [before + 80] * 4
+                return values == [expected] * 4
 
-            await wait_for(counted, timeout=20, message="80 clicks counted in every scrape")
+            await wait_for(counted, timeout=20, message="every click counted in every scrape")
         shares = _per_process(run_dir, "click_gateway_clicks_total", redirected)
-        assert sum(shares.values()) == before + 80
+        assert sum(shares.values()) == expected
         assert len([v for v in shares.values() if v > 0]) == 2, shares  # both workers counted
     assert _run_dirs(tmp_path, "click-gateway") == []  # removed on exit
 
@@ -189,3 +194,39 @@ async def test_dispatcher_consumer_processes_add_up(
             shares = _per_process(run_dir, "postback_dispatcher_messages_total", delivered)
             assert sum(shares.values()) == 120
             assert len([v for v in shares.values() if v > 0]) == 2, shares
+
+
+async def test_an_operators_metrics_dir_is_safe_with_one_process_and_for_the_migration(
+    database_url: str, amqp_url: str, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set for every pod (the ConfigMap): missing, one process, a Job."""
+    base = tmp_path / "not" / "created" / "yet"
+    env = {"DATABASE_URL": database_url, "AMQP_URL": amqp_url}
+    migrate = subprocess.run(
+        [str(BIN / "click-gateway"), "migrate"],
+        env={**os.environ, "ENV": "dev", **env, "PROMETHEUS_MULTIPROC_DIR": str(base)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    assert not base.exists()  # the one-shot records no metrics
+    port = free_port()
+    env |= {
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_WORKERS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(base),
+    }
+    command = [str(BIN / "click-gateway"), "serve", "--no-migrate"]
+    async with _serving(command, env, port) as base_url:
+        (run_dir,) = _run_dirs(base, "click-gateway")
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            assert (await client.get("/get/no-such-link")).status_code == 404
+
+            async def counted() -> bool:
+                now = await scrape(client)
+                return now.value("click_gateway_clicks_total", {"outcome": "not_found"}) == 1
+
+            await wait_for(counted, timeout=10, message="the click counted")
+        assert list(run_dir.glob("counter_*.db"))  # in the run's own directory
+        assert sorted(p.name for p in base.iterdir()) == [run_dir.name]

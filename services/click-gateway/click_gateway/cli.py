@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
-from click_gateway.app import GatewayApp, create_app
 from click_gateway.settings import GatewaySettings
 from postback_core.logs import configure_logging_from
-from postback_core.metrics_dir import prepare_multiprocess_dir
+from postback_core.metrics_dir import MULTIPROC_ENV, prepare_multiprocess_dir
 from postback_core.process import name_this_process
+
+if TYPE_CHECKING:
+    from click_gateway.app import GatewayApp
+
+# The app (and with it prometheus_client, which picks in-memory or multiprocess
+# storage when first imported) is imported only once ``serve`` has set up the
+# metrics directory, never at this module's import.
 
 cli = typer.Typer(
     help="SmartLink click gateway: redirects, click recording, admin and conversion APIs.",
@@ -54,6 +62,7 @@ def _migrate(settings: GatewaySettings) -> None:
 @cli.command()
 def migrate() -> None:
     """Create the database if missing, apply migrations, declare the queue topology."""
+    os.environ.pop(MULTIPROC_ENV, None)  # a one-shot: it records no metrics
     settings = _settings()
     configure_logging_from(settings)
     _migrate(settings)
@@ -71,12 +80,13 @@ def serve(
     """Serve the gateway (Ctrl-C or SIGTERM stops it after flushing buffered clicks)."""
     settings = _settings()
     configure_logging_from(settings)
+    worker_count = workers or settings.workers
+    if worker_count > 1 or os.environ.get(MULTIPROC_ENV):
+        # Each worker records its own metrics; /metrics (any worker) adds them all up.
+        # An operator's PROMETHEUS_MULTIPROC_DIR is only ever the parent of ours.
+        prepare_multiprocess_dir("click-gateway")
     if migrate_first:
         _migrate(settings)
-    worker_count = workers or settings.workers
-    if worker_count > 1:
-        # Each worker records its own metrics; /metrics (any worker) adds them all up.
-        prepare_multiprocess_dir("click-gateway")
     uvicorn.run(
         "click_gateway.cli:serving_app",
         factory=True,
@@ -99,6 +109,8 @@ def serving_app() -> GatewayApp:
 
     Workers are spawned fresh (not forked), so each sets up its own logging.
     """
+    from click_gateway.app import create_app
+
     name_this_process("click-gateway")
     settings = _settings()
     configure_logging_from(settings)
