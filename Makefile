@@ -15,8 +15,9 @@ endif
 .PHONY: run test lint typecheck bench bench-quick chaos install system-packages clean
 
 # Debian packages the tests and benchmarks drive: Chromium (browser tests), wrk
-# (click benchmark) and openssl (test certificates). Installed on first use; needs root or sudo.
-SYSTEM_PACKAGES := chromium wrk openssl
+# (click benchmark), openssl (test certificates) and prometheus (promtool checks the
+# alert rules and dashboard queries). Installed on first use; needs root or sudo.
+SYSTEM_PACKAGES := chromium wrk openssl prometheus
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)

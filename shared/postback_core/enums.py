@@ -97,6 +97,41 @@ class ConversionActor(StrEnum):
     RULES = "rules"  # caps and the attribution window, at creation
 
 
+class ClickOutcome(StrEnum):
+    """How the gateway answered a SmartLink click (metric label)."""
+
+    REDIRECTED = "redirected"  # to an offer
+    FALLBACK = "fallback"  # no offer matched: to the SmartLink's fallback URL
+    BOT = "bot"  # redirected, but a crawler (or a HEAD probe): not billable traffic
+    NOT_FOUND = "not_found"  # unknown or inactive SmartLink
+    NO_OFFER = "no_offer"  # no offer matched and no fallback URL
+    BUSY = "busy"  # 503: starting, stopping, or the click buffer is full
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
+class ConversionOutcome(StrEnum):
+    """What became of a reported conversion (metric label)."""
+
+    CREATED = "created"  # 201: stored, postback on its way
+    DUPLICATE = "duplicate"  # 200: the same (click, txid) was reported before
+    CLICK_NOT_FOUND = "click_not_found"  # 404
+    FORBIDDEN = "forbidden"  # 403: the click went to another advertiser's offer
+    INVALID = "invalid"  # 422: refused by the recorder (e.g. payout over the maximum)
+    CONFLICT = "conflict"  # 409: changed concurrently
+    REFUSED = "refused"  # any other refusal
+
+
+class StatusClass(StrEnum):
+    """A postback attempt's HTTP answer, by class (metric label: no raw codes, no hosts)."""
+
+    SUCCESS = "2xx"
+    REDIRECT = "3xx"
+    CLIENT_ERROR = "4xx"
+    SERVER_ERROR = "5xx"
+    INFORMATIONAL = "1xx"
+    NONE = "none"  # no HTTP answer: connection error, timeout, DNS, blocked, not sent
+
+
 def sql_values(enum: type[StrEnum]) -> str:
     """``'a', 'b', 'c'``: the members as an SQL list, for ``CHECK (column IN (...))``."""
     return ", ".join("'" + member.value.replace("'", "''") + "'" for member in enum)

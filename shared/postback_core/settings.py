@@ -63,6 +63,8 @@ class CommonSettings(BaseSettings):
     amqp_url: str = Field(DEFAULT_AMQP_URL, alias="AMQP_URL")
     admin_token: str = Field("", alias="ADMIN_TOKEN", repr=False)
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    # json | text; empty: text in dev, JSON lines everywhere else.
+    log_format: Literal["json", "text", ""] = Field("", alias="LOG_FORMAT")
     # Delays between postback attempts; both services need them because the
     # retry tiers are part of the shared queue topology.
     postback_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
@@ -108,6 +110,10 @@ class CommonSettings(BaseSettings):
     @property
     def is_dev(self) -> bool:
         return self.env == "dev"
+
+    @property
+    def log_json(self) -> bool:
+        return self.log_format == "json" or (self.log_format == "" and not self.is_dev)
 
 
 class HTTPServiceSettings(CommonSettings):

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import perf_counter_ns
 from typing import Any
 
 from fastapi import FastAPI
 
-from click_gateway import health
+from click_gateway import health, metrics
 from click_gateway.conversions import bulk, fast_path
 from click_gateway.runtime import GatewayRuntime
 from click_gateway.settings import GatewaySettings
 from postback_core.http_guard import ProtectedPrefix, RequestGuard, configure_header_timeout
+from postback_core.logs import RequestIdMiddleware
 from postback_core.web import (
     ADMIN_REFUSAL,
     admin_bearer_valid,
@@ -59,7 +61,9 @@ def create_api(runtime: GatewayRuntime) -> FastAPI:
     )
     api.state.runtime = runtime
     install_error_handlers(api)
+    api.add_middleware(RequestIdMiddleware)
     api.include_router(health.router)
+    api.include_router(metrics.router)
     from click_gateway.routers import include_feature_routers
 
     include_feature_routers(api)
@@ -73,11 +77,14 @@ class GatewayApp:
         self.runtime = runtime
         self.api = create_api(runtime)
         self._click = runtime.clicks.handle
-        self.conversions = fast_path.ConversionFastPath(
-            self.api,
-            self.api.state.conversion_recorder,
-            self.api.state.advertiser_key_cache,
-            runtime.clicks,
+        self._click_duration = metrics.CLICK_DURATION_LOCAL.observe_ns
+        self.conversions = RequestIdMiddleware(
+            fast_path.ConversionFastPath(
+                self.api,
+                self.api.state.conversion_recorder,
+                self.api.state.advertiser_key_cache,
+                runtime.clicks,
+            )
         )
         settings = runtime.settings
         configure_header_timeout(settings)
@@ -111,7 +118,10 @@ class GatewayApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(CLICK_PREFIX):
-            return await self._click(scope, receive, send)
+            started = perf_counter_ns()
+            await self._click(scope, receive, send)
+            self._click_duration(perf_counter_ns() - started)
+            return
         await self.guard(scope, receive, send)
 
     async def _route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

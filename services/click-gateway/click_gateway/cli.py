@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
-from click_gateway.app import GatewayApp, create_app
 from click_gateway.settings import GatewaySettings
 from postback_core.http_guard import server_options
-from postback_core.logs import configure_logging
+from postback_core.logs import configure_logging_from
+from postback_core.metrics_dir import MULTIPROC_ENV, prepare_multiprocess_dir
 from postback_core.process import name_this_process
+
+if TYPE_CHECKING:
+    from click_gateway.app import GatewayApp
+
+# The app (and with it prometheus_client, which picks in-memory or multiprocess
+# storage when first imported) is imported only once ``serve`` has set up the
+# metrics directory, never at this module's import.
 
 cli = typer.Typer(
     help="SmartLink click gateway: redirects, click recording, admin and conversion APIs.",
@@ -21,6 +30,11 @@ cli = typer.Typer(
     add_completion=False,
 )
 log = logging.getLogger("click_gateway")
+# uvicorn kills a worker that does not answer its supervisor's ping in time, and a
+# new worker answers only once its imports are done (the user-agent parser compiles
+# its rules): on a throttled or busy CPU that takes well over uvicorn's 5 s default,
+# and every replacement would be killed the same way.
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def _settings() -> GatewaySettings:
@@ -49,8 +63,9 @@ def _migrate(settings: GatewaySettings) -> None:
 @cli.command()
 def migrate() -> None:
     """Create the database if missing, apply migrations, declare the queue topology."""
+    os.environ.pop(MULTIPROC_ENV, None)  # a one-shot: it records no metrics
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     _migrate(settings)
 
 
@@ -65,7 +80,12 @@ def serve(
 ) -> None:
     """Serve the gateway (Ctrl-C or SIGTERM stops it after flushing buffered clicks)."""
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
+    worker_count = workers or settings.workers
+    if worker_count > 1 or os.environ.get(MULTIPROC_ENV):
+        # Each worker records its own metrics; /metrics (any worker) adds them all up.
+        # An operator's PROMETHEUS_MULTIPROC_DIR is only ever the parent of ours.
+        prepare_multiprocess_dir("click-gateway")
     if migrate_first:
         _migrate(settings)
     uvicorn.run(
@@ -73,7 +93,7 @@ def serve(
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers or settings.workers,
+        workers=worker_count,
         loop="uvloop",
         access_log=False,
         proxy_headers=False,  # we read X-Forwarded-For ourselves, only from TRUSTED_PROXIES
@@ -81,6 +101,7 @@ def serve(
         **server_options(settings),
         log_config=None,
         timeout_graceful_shutdown=int(max(5, settings.click_flush_interval_ms / 1000 + 5)),
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 
@@ -89,9 +110,11 @@ def serving_app() -> GatewayApp:
 
     Workers are spawned fresh (not forked), so each sets up its own logging.
     """
+    from click_gateway.app import create_app
+
     name_this_process("click-gateway")
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     return create_app(settings)
 
 

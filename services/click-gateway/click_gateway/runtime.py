@@ -9,6 +9,7 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from click_gateway.clicks.service import ClickService
+from click_gateway.metrics import GatewayMetrics
 from click_gateway.outbox.relay import OutboxRelay
 from click_gateway.settings import GatewaySettings
 from postback_core import amqp
@@ -25,21 +26,25 @@ class GatewayRuntime:
     sessionmaker: async_sessionmaker[AsyncSession]
     clicks: ClickService
     relay: OutboxRelay
+    metrics: GatewayMetrics
     amqp: AbstractRobustConnection | None = field(default=None)
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> GatewayRuntime:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         sessionmaker = create_sessionmaker(engine)
+        clicks = ClickService(settings, engine, sessionmaker)
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            clicks=ClickService(settings, engine, sessionmaker),
+            clicks=clicks,
             relay=OutboxRelay(settings, sessionmaker),
+            metrics=GatewayMetrics(clicks),
         )
 
     async def start(self) -> None:
+        await self.metrics.start()
         await self.clicks.start()
         # The broker may be down at start: the relay keeps retrying on its own,
         # conversions are still accepted into the outbox meanwhile.
@@ -49,6 +54,7 @@ class GatewayRuntime:
         # Stop taking clicks first and flush them, then stop publishing.
         await self.clicks.stop()
         await self.relay.stop()
+        await self.metrics.stop()  # after the last click: its count is kept
         await self.engine.dispose()
 
 

@@ -19,6 +19,7 @@ from postback_core.http_guard import (
     RequestGuard,
     configure_header_timeout,
 )
+from postback_core.logs import RequestIdMiddleware
 from postback_core.web import (
     ADMIN_REFUSAL,
     admin_bearer_valid,
@@ -49,6 +50,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
     from postback_dispatcher.routers import include_feature_routers

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 import uvicorn
 from pydantic import ValidationError
 
 from postback_core.http_guard import server_options
-from postback_core.logs import configure_logging
+from postback_core.logs import configure_logging_from
+from postback_core.metrics_dir import MULTIPROC_ENV, prepare_multiprocess_dir
 from postback_dispatcher.dlq_cli import dlq
 from postback_dispatcher.settings import DispatcherSettings
 
@@ -38,10 +41,15 @@ def serve(
 ) -> None:
     """Consume conversion events and deliver postbacks; serve health and operator APIs."""
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     from postback_dispatcher.workers import tune_gc
 
     tune_gc()
+    if settings.workers > 1 or os.environ.get(MULTIPROC_ENV):
+        # Before the app (and prometheus_client) is imported: every consumer process
+        # records into the shared files that /metrics adds up. An operator's
+        # PROMETHEUS_MULTIPROC_DIR is only ever the parent of ours.
+        prepare_multiprocess_dir("postback-dispatcher")
     uvicorn.run(
         "postback_dispatcher.app:create_app",
         factory=True,

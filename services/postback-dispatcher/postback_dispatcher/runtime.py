@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from postback_core.db.base import create_engine, create_sessionmaker
 from postback_dispatcher.broker import ConfirmedPublisher
 from postback_dispatcher.consumer import PostbackConsumer
+from postback_dispatcher.metrics import DispatcherMetrics, ScrapeSources
 from postback_dispatcher.sender import Http1PostbackSender, PostbackSender
 from postback_dispatcher.settings import DispatcherSettings
 from postback_dispatcher.ssrf import TargetGuard
@@ -26,7 +27,12 @@ class DispatcherRuntime:
     sender: PostbackSender
     publisher: ConfirmedPublisher
     consumer: PostbackConsumer
+    metrics: DispatcherMetrics
     workers: WorkerProcesses | None = None
+    scrape: ScrapeSources = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scrape = ScrapeSources(self)
 
     @classmethod
     def build(cls, settings: DispatcherSettings) -> DispatcherRuntime:
@@ -36,19 +42,21 @@ class DispatcherRuntime:
         sender = Http1PostbackSender(timeout_seconds=settings.postback_timeout_seconds, guard=guard)
         publisher = ConfirmedPublisher()
         consumer_settings = worker_settings(settings)
+        consumer = PostbackConsumer(
+            consumer_settings,
+            sender=sender,
+            publisher=publisher,
+            # Light traffic goes to this process; workers take the overflow.
+            consumer_priority=1 if settings.workers > 1 else 0,
+        )
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             sender=sender,
             publisher=publisher,
-            consumer=PostbackConsumer(
-                consumer_settings,
-                sender=sender,
-                publisher=publisher,
-                # Light traffic goes to this process; workers take the overflow.
-                consumer_priority=1 if settings.workers > 1 else 0,
-            ),
+            consumer=consumer,
+            metrics=DispatcherMetrics(consumer),
             workers=(
                 WorkerProcesses(consumer_settings, settings.workers - 1)
                 if settings.workers > 1
@@ -57,6 +65,7 @@ class DispatcherRuntime:
         )
 
     async def start(self) -> None:
+        await self.metrics.start()
         if self.workers is None:
             await self.consumer.start()
             return
@@ -83,5 +92,7 @@ class DispatcherRuntime:
             else:
                 await self.consumer.stop()
         finally:
+            await self.metrics.stop()
+            await self.scrape.close()
             await self.sender.close()
             await self.engine.dispose()

@@ -74,11 +74,11 @@ def _worker_main(settings: DispatcherSettings, index: int, conn: Connection) -> 
     """Entry point of a worker process (multiprocessing, spawn)."""
     import uvloop
 
-    from postback_core.logs import configure_logging
+    from postback_core.logs import configure_logging_from
     from postback_core.process import name_this_process
 
     name_this_process("postback-dispatcher")
-    configure_logging(settings.log_level)
+    configure_logging_from(settings)
     try:
         uvloop.run(_serve(settings, index, conn))
     except Exception:
@@ -89,6 +89,7 @@ def _worker_main(settings: DispatcherSettings, index: int, conn: Connection) -> 
 async def _serve(settings: DispatcherSettings, index: int, conn: Connection) -> None:
     from postback_dispatcher.broker import ConfirmedPublisher
     from postback_dispatcher.consumer import PostbackConsumer
+    from postback_dispatcher.metrics import DispatcherMetrics
     from postback_dispatcher.sender import Http1PostbackSender
     from postback_dispatcher.ssrf import TargetGuard
 
@@ -108,8 +109,10 @@ async def _serve(settings: DispatcherSettings, index: int, conn: Connection) -> 
         name=f"postback-dispatcher-{index}",
         archive_dead_letters=False,
     )
+    metrics = DispatcherMetrics(consumer)
     try:
         try:
+            await metrics.start()
             await consumer.start()
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -127,6 +130,7 @@ async def _serve(settings: DispatcherSettings, index: int, conn: Connection) -> 
         try:
             await consumer.stop()
         finally:
+            await metrics.stop()
             await sender.close()
             conn.close()
 

@@ -34,6 +34,7 @@ import asyncpg
 
 from click_gateway.clicks import repository
 from click_gateway.clicks.spill import SpillFile
+from click_gateway.metrics import CLICK_FLUSH_DURATION, CLICK_FLUSH_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ class ClickBuffer:
         pending[click_id] = row
         if len(pending) >= self.max_rows:
             self._wake.set()
+
+    def depth(self) -> int:
+        """Clicks answered but not yet stored."""
+        return len(self.pending) + len(self.in_flight)
 
     def get(self, click_id: int) -> ClickRow | None:
         return self.pending.get(click_id) or self.in_flight.get(click_id)
@@ -211,11 +216,13 @@ class ClickBuffer:
                 # crash while a write hangs loses nothing older than this interval.
                 await self._spill_unspilled()
             rows = list(self.in_flight.values())
+            started = time.perf_counter()
             try:
                 await self._write_backlog()
                 await self._write_rows(rows)
             except Exception as exc:
                 self.failed_flushes += 1
+                CLICK_FLUSH_FAILURES.inc()
                 self._uncertain = True
                 self._failing = True
                 log.error(
@@ -227,6 +234,7 @@ class ClickBuffer:
                 await self._drop_connection()
                 await self._spill_unspilled()
                 return False
+            CLICK_FLUSH_DURATION.observe(time.perf_counter() - started)
             self.flushed_rows += len(rows)
             self.in_flight = {}
             self._on_disk.clear()

@@ -48,6 +48,7 @@ from click_gateway.settings import GatewaySettings
 from postback_core.batching import MicroBatcher
 from postback_core.db.base import asyncpg_dsn, keep_session_state
 from postback_core.db.lanes import ConnectionLanes
+from postback_core.enums import ClickOutcome
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,16 @@ FIND_POLL_DEADLINE_SECONDS = 1.5
 FIND_POLL_INTERVAL_SECONDS = 0.05
 # Batched click lookups (conversions): queries in flight at once, one connection each.
 LOOKUPS_IN_FLIGHT = 2
+
+# Positions in ``ClickService.outcome_counts`` (a list: the cheapest counter there is).
+_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(ClickOutcome)}
+REDIRECTED = _OUTCOME_INDEX[ClickOutcome.REDIRECTED]
+FALLBACK = _OUTCOME_INDEX[ClickOutcome.FALLBACK]
+BOT = _OUTCOME_INDEX[ClickOutcome.BOT]
+NOT_FOUND = _OUTCOME_INDEX[ClickOutcome.NOT_FOUND]
+NO_OFFER = _OUTCOME_INDEX[ClickOutcome.NO_OFFER]
+BUSY = _OUTCOME_INDEX[ClickOutcome.BUSY]
+METHOD_NOT_ALLOWED = _OUTCOME_INDEX[ClickOutcome.METHOD_NOT_ALLOWED]
 
 _REDIRECT_HEADERS_TAIL = (
     (b"cache-control", b"no-store"),
@@ -230,6 +241,8 @@ class ClickService:
         self._lookup_lanes: ConnectionLanes | None = None
         self._lease_is_valid: Callable[[], bool] = lambda: False
         self._accepting = False
+        # Clicks answered by this process, by ClickOutcome position (read by the metrics pump).
+        self.outcome_counts = [0] * len(_OUTCOME_INDEX)
         self._created_ms = -1
         self._created_at_wire = b""
 
@@ -323,10 +336,12 @@ class ClickService:
         """Raw ASGI handler for GET/HEAD /get/{code}; HEAD answers alike but records nothing."""
         method = scope["method"]
         if method != "GET" and method != "HEAD":
+            self.outcome_counts[METHOD_NOT_ALLOWED] += 1
             await self._send_page(send, METHOD_PAGE, method)
             return
         cache = self.cache
         if cache is None or not self._accepting:
+            self.outcome_counts[BUSY] += 1
             await self._send_page(send, BUSY_PAGE, method)
             return
         code = scope["path"][len(CLICK_PATH_PREFIX) :]
@@ -336,6 +351,7 @@ class ClickService:
         if smartlink is None:
             smartlink = await cache.find_new(code)
             if smartlink is None:
+                self.outcome_counts[NOT_FOUND] += 1
                 await self._send_page(send, NOT_FOUND_PAGE, method)
                 return
 
@@ -357,15 +373,20 @@ class ClickService:
         if offer is None:
             template = smartlink.fallback
             if template is None:
+                self.outcome_counts[NO_OFFER] += 1
                 await self._send_page(send, NO_OFFER_PAGE, method)
                 return
             offer_id = None
+            outcome = FALLBACK
         else:
             template = offer.url
             offer_id = offer.id
+            outcome = REDIRECTED
         if not self.buffer.has_room() or not self._lease_is_valid():
+            self.outcome_counts[BUSY] += 1
             await self._send_page(send, BUSY_PAGE, method)
             return
+        self.outcome_counts[BOT if is_bot else outcome] += 1
 
         external_id, subs = parse_click_query(scope["query_string"])
         assert self.ids is not None

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache
 from click_gateway.clicks.service import ClickService
+from click_gateway.conversions.counting import counted
 from click_gateway.conversions.schemas import ConversionCreate
 from click_gateway.conversions.service import ConversionRecorder, ConversionRefused
 
@@ -79,14 +80,16 @@ class ConversionFastPath:
                 and not key.allows(self._client_address(scope, forwarded_for))
             ):
                 return await self._replay(scope, body, complete, receive, send)
-            result = await self.recorder.record(
-                self.clicks,
-                advertiser_id=key.advertiser_id,
-                click_id=data.click_id,
-                payout=data.payout,
-                txid=data.txid,
-                goal=data.goal,
-                amount=data.amount,
+            result = await counted(
+                self.recorder.record(
+                    self.clicks,
+                    advertiser_id=key.advertiser_id,
+                    click_id=data.click_id,
+                    payout=data.payout,
+                    txid=data.txid,
+                    goal=data.goal,
+                    amount=data.amount,
+                )
             )
         except ConversionRefused as exc:
             await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}))

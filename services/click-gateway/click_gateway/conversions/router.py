@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from click_gateway.advertisers.service import AdvertiserKeyCache, address_refused
 from click_gateway.conversions import bulk, repository, service
+from click_gateway.conversions.counting import counted
 from click_gateway.conversions.holds import HoldExpiry
 from click_gateway.conversions.schemas import (
     MAX_GOAL_LENGTH,
@@ -169,14 +170,16 @@ async def _record(
     data: ConversionCreate,
 ) -> ConversionRead:
     result = await _refusing(
-        recorder.record(
-            runtime.clicks,
-            advertiser_id=caller.advertiser_id,
-            click_id=data.click_id,
-            payout=data.payout,
-            txid=data.txid,
-            goal=data.goal,
-            amount=data.amount,
+        counted(
+            recorder.record(
+                runtime.clicks,
+                advertiser_id=caller.advertiser_id,
+                click_id=data.click_id,
+                payout=data.payout,
+                txid=data.txid,
+                goal=data.goal,
+                amount=data.amount,
+            )
         )
     )
     response.status_code = (

@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Sequence
 
 import asyncpg
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from postback_core.db.models import OutboxMessage
 
@@ -69,3 +69,17 @@ async def unmark_failed(conn: asyncpg.Connection, ids: list[int], error: str) ->
 async def delete_published_before(conn: asyncpg.Connection, age_seconds: float) -> str:
     status: str = await conn.execute(DELETE_PUBLISHED_BEFORE, age_seconds)
     return status
+
+
+UNPUBLISHED_SUMMARY = text(
+    """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
+FROM outbox WHERE published_at IS NULL
+"""
+)
+
+
+async def unpublished_summary(conn: AsyncConnection) -> tuple[int, float]:
+    """Rows waiting to be published and the age of the oldest in seconds (metrics)."""
+    row = (await conn.execute(UNPUBLISHED_SUMMARY)).one()
+    return int(row[0]), float(row[1])

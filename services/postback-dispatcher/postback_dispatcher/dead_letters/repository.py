@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from postback_core.db.models import DeadLetter, DeliveryAttempt, PostbackSettings
 from postback_core.enums import DeadLetterReason, DeadLetterState
@@ -219,3 +219,15 @@ class DeadLetterRepository:
             PublisherExposure(pid, int(n), Decimal(total or 0), first, last)
             for pid, n, total, first, last in (await self.session.execute(stmt)).all()
         ]
+
+
+async def open_summary(conn: AsyncConnection) -> tuple[int, Decimal]:
+    """How many dead letters are open and the payout they hold (metrics)."""
+    row = (
+        await conn.execute(
+            select(func.count(), func.coalesce(func.sum(DeadLetter.payout), 0)).where(
+                DeadLetter.state == OPEN
+            )
+        )
+    ).one()
+    return int(row[0]), Decimal(str(row[1]))
