@@ -63,7 +63,7 @@ bench-quick: $(STAMP) system-packages
 	$(BIN)/python -m bench.run --quick
 
 ## Chaos run: own 3-node RabbitMQ cluster and PostgreSQL, faults under load (~10 min; root).
-## `make chaos CHAOS_ARGS="--light --seed 42"` for the CI size; docs/chaos.md explains it.
+## `make chaos CHAOS_ARGS="--light --seed 42"` for the CI size; docs/reliability.md explains it.
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
