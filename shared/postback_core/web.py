@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -201,6 +202,34 @@ async def unit_of_work_session(
 
 
 ADMIN_REFUSAL = "admin authentication required: Authorization: Bearer <ADMIN_TOKEN>"
+
+
+# The credentials each API takes, declared as OpenAPI security schemes so that
+# /docs offers "Authorize" and "Try it out" sends them. They only read the
+# header (auto_error=False); the checks are the dependencies that use them.
+ADMIN_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="Operators: `Authorization: Bearer <ADMIN_TOKEN>`.",
+)
+ADVERTISER_KEY = APIKeyHeader(
+    name="X-Api-Key",
+    auto_error=False,
+    scheme_name="advertiserKey",
+    description="Advertisers: the `api_key` answered when the advertiser was created.",
+)
+ADVERTISER_QUERY_KEY = APIKeyQuery(
+    name="key",
+    auto_error=False,
+    scheme_name="advertiserQueryKey",
+    description="Advertisers whose tracker can only fire a URL: `?key=<api_key>`.",
+)
+PUBLISHER_KEY = APIKeyHeader(
+    name="X-Api-Key",
+    auto_error=False,
+    scheme_name="publisherKey",
+    description="Publishers: the `api_key` answered when the publisher was created.",
+)
 
 
 def admin_bearer_valid(authorization: str | None, admin_token: str) -> bool:

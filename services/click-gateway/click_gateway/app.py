@@ -17,6 +17,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from click_gateway import health, metrics
 from click_gateway.conversions import bulk, fast_path
@@ -53,7 +54,8 @@ def create_api(runtime: GatewayRuntime) -> FastAPI:
         finally:
             await runtime.stop()
 
-    api = FastAPI(
+    # /docs serves Swagger UI's files itself: the page works offline, with no CDN.
+    api = FastAPIOffline(
         title="Click gateway",
         version="1.0.0",
         description="SmartLink redirects, admin API and conversion reporting.",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from click_gateway.runtime import GatewayRuntime
-from postback_core.web import check_admin_bearer, unit_of_work_session
+from postback_core.web import ADMIN_BEARER, check_admin_bearer, unit_of_work_session
 
 
 async def get_runtime(request: Request) -> GatewayRuntime:
@@ -25,7 +25,9 @@ async def get_session(
 
 
 async def require_admin(
-    request: Request, runtime: Annotated[GatewayRuntime, Depends(get_runtime)]
+    request: Request,
+    runtime: Annotated[GatewayRuntime, Depends(get_runtime)],
+    _: Annotated[object, Security(ADMIN_BEARER)] = None,
 ) -> None:
     check_admin_bearer(request, runtime.settings.admin_token)
 

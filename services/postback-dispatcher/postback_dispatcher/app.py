@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 
 from postback_core.client_address import ClientAddressResolver
 from postback_core.http_guard import (
@@ -42,7 +43,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    # /docs serves Swagger UI's files itself: the page works offline, with no CDN.
+    app = FastAPIOffline(
         title="Postback dispatcher",
         version="1.0.0",
         description="Delivers publishers' postbacks; dead-letter and publisher APIs.",

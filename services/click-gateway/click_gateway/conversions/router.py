@@ -14,7 +14,16 @@ from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    Security,
+)
 from fastapi import status as http_status
 from pydantic import TypeAdapter, ValidationError
 
@@ -46,7 +55,12 @@ from click_gateway.deps import Runtime
 from click_gateway.offers.schemas import PayoutAmount
 from click_gateway.pagination import DEFAULT_PAGE_SIZE, MAX_BIGINT, MAX_PAGE_SIZE
 from postback_core.enums import ConversionStatus
-from postback_core.web import check_admin_bearer
+from postback_core.web import (
+    ADMIN_BEARER,
+    ADVERTISER_KEY,
+    ADVERTISER_QUERY_KEY,
+    check_admin_bearer,
+)
 
 T = TypeVar("T")
 
@@ -137,7 +151,8 @@ async def _caller(request: Request, recorder: ConversionRecorder, api_key: str |
 async def caller_from_header(
     request: Request,
     recorder: Recorder,
-    x_api_key: Annotated[str | None, Header(alias="X-Api-Key")] = None,
+    x_api_key: Annotated[str | None, Security(ADVERTISER_KEY)] = None,
+    _: Annotated[object, Security(ADMIN_BEARER)] = None,
 ) -> Caller:
     return await _caller(request, recorder, x_api_key)
 
@@ -145,8 +160,9 @@ async def caller_from_header(
 async def caller_from_query(
     request: Request,
     recorder: Recorder,
-    key: Annotated[str | None, Query(description="Your advertiser API key.")] = None,
-    x_api_key: Annotated[str | None, Header(alias="X-Api-Key")] = None,
+    key: Annotated[str | None, Security(ADVERTISER_QUERY_KEY)] = None,
+    x_api_key: Annotated[str | None, Security(ADVERTISER_KEY)] = None,
+    _: Annotated[object, Security(ADMIN_BEARER)] = None,
 ) -> Caller:
     return await _caller(request, recorder, key if key is not None else x_api_key)
 

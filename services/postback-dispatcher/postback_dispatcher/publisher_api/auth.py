@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
 
 from postback_core.db.base import unit_of_work
 from postback_core.security import hash_api_key
+from postback_core.web import PUBLISHER_KEY
 from postback_dispatcher.deps import Runtime
 from postback_dispatcher.publisher_api.repository import PublisherRepository
 
@@ -80,7 +81,11 @@ async def publisher_for_key(
     return publisher
 
 
-async def require_publisher(request: Request, runtime: Runtime) -> CurrentPublisher:
+async def require_publisher(
+    request: Request,
+    runtime: Runtime,
+    _: Annotated[object, Security(PUBLISHER_KEY)] = None,
+) -> CurrentPublisher:
     publisher = await publisher_for_key(request, runtime, request.headers.get(API_KEY_HEADER))
     if publisher is None:
         raise HTTPException(
