@@ -5,7 +5,7 @@ per line for log shippers; dev gets readable text. Every line carries the
 request id of the HTTP request it happened in and, where known, the conversion
 id and event id (``contextvars``, so concurrent requests and deliveries never
 mix them up). Configured secrets (admin token, session secret, passwords in
-the database and broker URLs) are replaced with ``***`` in every line, whatever
+the database and broker URLs) are masked (``postback_core.security``) in every line, whatever
 logged them.
 """
 
