@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Request
@@ -21,6 +22,7 @@ from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPBearer
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -149,6 +151,23 @@ def refuse_nul(value: Any) -> Any:
 
 # A text parameter (query, header, form) that can't carry NUL.
 Text = Annotated[str, AfterValidator(refuse_nul)]
+
+
+def _not_a_bare_number(value: Any) -> Any:
+    """A date-time, as documented: "0.5" is not one (pydantic would read epoch seconds)."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("must be an ISO 8601 date-time")
+    return value
+
+
+def _naive_is_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A moment in a filter (since/until): ISO 8601 only; without an offset it is UTC.
+Moment = Annotated[datetime, BeforeValidator(_not_a_bare_number), AfterValidator(_naive_is_utc)]
 
 
 _FLAG_TYPES = (bool, bool | None)

@@ -59,6 +59,7 @@ from postback_core.web import (
     ADMIN_BEARER,
     ADVERTISER_KEY,
     ADVERTISER_QUERY_KEY,
+    Moment,
     check_admin_bearer,
 )
 
@@ -320,7 +321,7 @@ async def report_bulk(
     return await bulk.run(rows, recorder, runtime.clicks, caller, change)
 
 
-@router.patch("/{conversion_id}", responses=_CHANGE_ERRORS)
+@router.patch("/{conversion_id:int}", responses=_CHANGE_ERRORS)
 async def change_status(
     conversion_id: int,
     data: StatusUpdate,
@@ -339,7 +340,7 @@ async def change_status(
     return await _change(recorder, runtime, caller, find, data)
 
 
-@router.get("/{conversion_id}", responses=_CHANGE_ERRORS)
+@router.get("/{conversion_id:int}", responses=_CHANGE_ERRORS)
 async def get_conversion(
     conversion_id: int, recorder: Recorder, caller: HeaderCaller
 ) -> ConversionDetail:
@@ -392,8 +393,8 @@ async def list_conversions(
     caller: HeaderCaller,
     status: ConversionStatus | None = None,
     goal: Annotated[Text | None, Query(max_length=MAX_GOAL_LENGTH)] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
-    until: Annotated[datetime | None, Query(description="Created before.")] = None,
+    since: Annotated[Moment | None, Query(description="Created at or after.")] = None,
+    until: Annotated[Moment | None, Query(description="Created before.")] = None,
     advertiser_id: Annotated[
         int | None, Query(ge=1, le=MAX_BIGINT, description="Operators only.")
     ] = None,

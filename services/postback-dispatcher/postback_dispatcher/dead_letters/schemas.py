@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from postback_core.contracts import IdString
 from postback_core.enums import AttemptOutcome, AttemptTrigger, DeadLetterReason, DeadLetterState
-from postback_core.web import MAX_DB_ID, RequestModel
+from postback_core.web import MAX_DB_ID, Moment, RequestModel
 from postback_dispatcher.dead_letters.repository import DeadLetterFilters
 
 MoneyString = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
@@ -25,25 +25,8 @@ class DeadLetterFilterFields(RequestModel):
     offer_id: int | None = Field(None, ge=1, le=MAX_DB_ID)
     reason: DeadLetterReason | None = Field(None, description="one of the stored reasons")
     last_status: int | None = Field(None, ge=0, le=999)
-    since: datetime | None = Field(None, description="dead_at at or after this time")
-    until: datetime | None = Field(None, description="dead_at before this time")
-
-    @field_validator("since", "until", mode="before")
-    @classmethod
-    def _not_a_bare_number(cls, value: object) -> object:
-        """A date-time, as documented: "0.5" is not one (pydantic would read epoch seconds)."""
-        if isinstance(value, int | float) or (
-            isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
-        ):
-            raise ValueError("must be an ISO 8601 date-time")
-        return value
-
-    @field_validator("since", "until")
-    @classmethod
-    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    since: Moment | None = Field(None, description="dead_at at or after this time")
+    until: Moment | None = Field(None, description="dead_at before this time")
 
     def to_filters(self) -> DeadLetterFilters:
         return DeadLetterFilters(
