@@ -27,9 +27,11 @@ class DispatcherRuntime:
     publisher: ConfirmedPublisher
     consumer: PostbackConsumer
     workers: WorkerProcesses | None = None
+    # False (``serve --no-consume``): connected for publishing (replays), no consumers.
+    consuming: bool = True
 
     @classmethod
-    def build(cls, settings: DispatcherSettings) -> DispatcherRuntime:
+    def build(cls, settings: DispatcherSettings, *, consume: bool = True) -> DispatcherRuntime:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         sessionmaker = create_sessionmaker(engine)
         guard = TargetGuard(enabled=not settings.postback_allow_private_targets)
@@ -48,15 +50,20 @@ class DispatcherRuntime:
                 publisher=publisher,
                 # Light traffic goes to this process; workers take the overflow.
                 consumer_priority=1 if settings.workers > 1 else 0,
+                archive_dead_letters=consume,
             ),
             workers=(
                 WorkerProcesses(consumer_settings, settings.workers - 1)
-                if settings.workers > 1
+                if settings.workers > 1 and consume
                 else None
             ),
+            consuming=consume,
         )
 
     async def start(self) -> None:
+        if not self.consuming:
+            await self.consumer.start(consume=False)
+            return
         if self.workers is None:
             await self.consumer.start()
             return
