@@ -1,7 +1,8 @@
 """The dispatcher's HTTP side: health, and (later) the operator and publisher APIs and pages.
 
 The consumer runs in the same process, started and stopped by the lifespan,
-so one ``postback-dispatcher serve`` is the whole dispatcher.
+so one ``postback-dispatcher serve`` is the whole dispatcher; ``consume`` and
+``serve --no-consume`` split it into consumers and APIs/pages.
 """
 
 from __future__ import annotations
@@ -32,8 +33,27 @@ from postback_dispatcher.runtime import DispatcherRuntime
 from postback_dispatcher.settings import DispatcherSettings
 
 
-def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
-    runtime = DispatcherRuntime.build(settings or DispatcherSettings())
+def create_app(settings: DispatcherSettings | None = None, *, consume: bool = True) -> FastAPI:
+    """The whole dispatcher; ``consume=False``: the APIs and pages alone (no consumers)."""
+    app = _app(settings, consume=consume)
+    from postback_dispatcher.routers import include_feature_routers
+
+    include_feature_routers(app)
+    return app
+
+
+def create_api_app() -> FastAPI:
+    """``serve --no-consume``."""
+    return create_app(consume=False)
+
+
+def create_consumer_app(settings: DispatcherSettings | None = None) -> FastAPI:
+    """``consume``: the consumers, with /healthz, /readyz and /metrics only."""
+    return _app(settings, consume=True)
+
+
+def _app(settings: DispatcherSettings | None, *, consume: bool) -> FastAPI:
+    runtime = DispatcherRuntime.build(settings or DispatcherSettings(), consume=consume)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,9 +75,6 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    from postback_dispatcher.routers import include_feature_routers
-
-    include_feature_routers(app)
     _install_request_guard(app, runtime.settings)
     return app
 

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 
 _NO_HEADERS: dict[str, Any] = {}
+# An ack batch that is not written within this (a connection stuck half-open) is
+# given up: its messages are redelivered, and the batcher serves the next channel.
+ACK_SECONDS = 10.0
 
 
 class Delivery:
@@ -220,23 +223,28 @@ class AckBatcher:
             if state == 1:
                 last_to_ack = int(tag)
         try:
-            if last_to_ack is not None:
-                await channel.basic_ack(last_to_ack, multiple=True)
-            now = time.monotonic()
-            stragglers = [
-                e
-                for e in self._window
-                if e[1] == 1 and (everything or now - e[2] >= self._straggler)
-            ]
-            for entry in stragglers:
-                await channel.basic_ack(int(entry[0]))
-                entry[1] = 2
-            if any(e[1] == 1 for e in self._window):
-                self._wakeup.set()  # come back for the rest
-        except Exception as exc:  # channel closed: those messages will be redelivered
-            log.warning("ack batch failed (%s); messages will be redelivered", exc)
-            self._window.clear()
-            self._index.clear()
+            async with asyncio.timeout(ACK_SECONDS):
+                await self._send_acks(channel, last_to_ack, everything)
+        except Exception as exc:  # channel closed or stuck: those messages will be redelivered
+            log.warning("ack batch failed (%r); messages will be redelivered", exc)
+            if channel is self._channel:
+                self._window.clear()
+                self._index.clear()
+
+    async def _send_acks(
+        self, channel: AbstractChannel, last_to_ack: int | None, everything: bool
+    ) -> None:
+        if last_to_ack is not None:
+            await channel.basic_ack(last_to_ack, multiple=True)
+        now = time.monotonic()
+        stragglers = [
+            e for e in self._window if e[1] == 1 and (everything or now - e[2] >= self._straggler)
+        ]
+        for entry in stragglers:
+            await channel.basic_ack(int(entry[0]))
+            entry[1] = 2
+        if any(e[1] == 1 for e in self._window):
+            self._wakeup.set()  # come back for the rest
 
     async def close(self) -> None:
         await self.flush(everything=True)

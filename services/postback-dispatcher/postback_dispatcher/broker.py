@@ -82,9 +82,14 @@ class BrokerUnavailable(RuntimeError):
 
 
 class ConfirmedPublisher:
-    """Publishes persistent messages to named exchanges with publisher confirms."""
+    """Publishes persistent messages to named exchanges with publisher confirms.
 
-    def __init__(self) -> None:
+    A publish ends within ``timeout_seconds``: on a channel that a reconnect is
+    replacing, the robust channel would otherwise wait for it indefinitely.
+    """
+
+    def __init__(self, *, timeout_seconds: float = 30.0) -> None:
+        self.timeout_seconds = timeout_seconds
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
@@ -124,7 +129,18 @@ class ConfirmedPublisher:
         *,
         message_id: str | None = None,
     ) -> None:
-        """Publish and wait for the broker's confirm; raises if it is refused or unroutable."""
+        """Publish and wait for the broker's confirm; raises if refused, unroutable or late."""
+        async with asyncio.timeout(self.timeout_seconds):
+            await self._publish(exchange, routing_key, body, headers, message_id)
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any] | None,
+        message_id: str | None,
+    ) -> None:
         target = await self._exchange(exchange)
         message = aio_pika.Message(
             body,

@@ -38,8 +38,29 @@ def _settings() -> DispatcherSettings:
 def serve(
     port: int | None = typer.Option(None, help="Port (default DISPATCHER_PORT)."),
     host: str | None = typer.Option(None, help="Bind address (default HOST)."),
+    no_consume: bool = typer.Option(
+        False, "--no-consume", help="APIs and pages only; consumers run in `consume`."
+    ),
 ) -> None:
     """Consume conversion events and deliver postbacks; serve health and operator APIs."""
+    factory = "create_api_app" if no_consume else "create_app"
+    _run(f"postback_dispatcher.app:{factory}", port, host, consumer=False)
+
+
+@cli.command()
+def consume(
+    port: int | None = typer.Option(None, help="Port (default DISPATCHER_CONSUMER_PORT)."),
+    host: str | None = typer.Option(None, help="Bind address (default HOST)."),
+) -> None:
+    """Only consume and deliver (DISPATCHER_WORKERS processes, dead-letter archiver).
+
+    Serves /healthz, /readyz and /metrics; the APIs and pages run in
+    ``serve --no-consume``.
+    """
+    _run("postback_dispatcher.app:create_consumer_app", port, host, consumer=True)
+
+
+def _run(app: str, port: int | None, host: str | None, *, consumer: bool) -> None:
     settings = _settings()
     configure_logging_from(settings)
     from postback_dispatcher.workers import tune_gc
@@ -51,10 +72,10 @@ def serve(
         # PROMETHEUS_MULTIPROC_DIR is only ever the parent of ours.
         prepare_multiprocess_dir("postback-dispatcher")
     uvicorn.run(
-        "postback_dispatcher.app:create_app",
+        app,
         factory=True,
         host=host or settings.host,
-        port=port or settings.port,
+        port=port or (settings.consumer_port if consumer else settings.port),
         loop="uvloop",
         access_log=False,
         # httptools with a header deadline, keep-alive timeout, no Server header

@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import (
@@ -44,6 +43,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
+from postback_core.amqp import CONNECT_ERRORS, connect_robust
 from postback_core.contracts import ContractError, OversizedEvent
 from postback_core.db.base import asyncpg_dsn, keep_session_state
 from postback_core.enums import (
@@ -114,6 +114,9 @@ MAX_CARRIED_HEADERS = 16
 OVERSIZED_EXCERPT_BYTES = 1024
 MAX_SEQUENCE = 2**31 - 1  # deliveries.sequence is an int column
 MAX_DEFERRALS = 10  # per attempt; then the message is sent even to a paused target
+# Every broker step after a send (retry/dead-letter publish, nack) ends within
+# this: a channel replaced by a reconnect must fail the step, not hold it forever.
+FOLLOW_UP_SECONDS = 30.0
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_ERRORS = {
     "SSRFBlocked": DeadLetterReason.SSRF_BLOCKED,
@@ -267,6 +270,8 @@ class PostbackConsumer:
         self._acks = AckBatcher()
         self._claims: ClaimBatcher | None = None
         self._stopping = False
+        self._consume_wanted = True
+        self._connector: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -297,25 +302,61 @@ class PostbackConsumer:
         self._acks = AckBatcher()
         self._acks.start()
         self._cache = PostbackSettingsCache(self._pool, self.settings.settings_cache_seconds)
-        self._connection = await aio_pika.connect_robust(
+        self._consume_wanted = consume
+        try:
+            await self._connect_broker()
+        except CONNECT_ERRORS as exc:
+            # Started while no node answers: keep trying in the background (not
+            # ready meanwhile, see ``broker_connected``) instead of failing start-up.
+            log.warning(
+                "%s: no broker node answers (%s); connecting in the background", self.name, exc
+            )
+            self._connector = asyncio.create_task(self._connect_until_up(), name="broker-connect")
+
+    async def _connect_broker(self) -> None:
+        """Connect (to the first node that answers), declare, attach; consume if wanted."""
+        assert self._pool is not None
+        connection = await connect_robust(
             self.settings.amqp_url, client_properties={"connection_name": self.name}
         )
-        setup = await self._connection.channel()
-        topology = await declare_topology(setup, self.delays)
-        await setup.close()
-        await self.publisher.attach(self._connection)
-        if self.archive_dead_letters:
-            self._archiver = DeadLetterArchiver(self._pool)
-            await self._archiver.start(self._connection)
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=self.settings.concurrency)
+        try:
+            setup = await connection.channel()
+            topology = await declare_topology(setup, self.delays)
+            await setup.close()
+            await self.publisher.attach(connection)
+            if self.archive_dead_letters:
+                self._archiver = DeadLetterArchiver(self._pool)
+                await self._archiver.start(connection)
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self.settings.concurrency)
+        except BaseException:
+            await asyncio.gather(connection.close(), return_exceptions=True)
+            raise
+        self._connection, self._channel = connection, channel
         self._work_queue = topology.work_queue.name
-        if consume:
+        if self._consume_wanted:
             await self.consume()
 
+    async def _connect_until_up(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_broker()
+                log.info("%s: connected to the broker", self.name)
+                return
+            except CONNECT_ERRORS as exc:
+                log.warning("%s: broker still unreachable (%s)", self.name, exc)
+            delay = min(delay * 2, 5.0)
+
     async def consume(self) -> None:
-        """Start taking messages from the work queue (again after every reconnect)."""
-        assert self._channel is not None
+        """Start taking messages from the work queue (again after every reconnect).
+
+        Not connected yet: consuming starts as soon as the connection is made.
+        """
+        self._consume_wanted = True
+        if self._channel is None or self._subscription is not None:
+            return
         # After a reconnect the robust channel restores its QoS; the subscription
         # subscribes again.
         self._subscription = Subscription(
@@ -340,6 +381,11 @@ class PostbackConsumer:
         Whatever is still unacked when the connection closes returns to the queue.
         """
         self._stopping = True
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connector
+            self._connector = None
         if self._subscription is not None:
             await self._subscription.cancel()
             self._subscription = None
@@ -361,6 +407,7 @@ class PostbackConsumer:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+            self._channel = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -368,15 +415,23 @@ class PostbackConsumer:
     # -- per message ---------------------------------------------------------------
 
     async def _on_delivery(self, raw: DeliveredMessage) -> None:
-        # aiormq runs each delivery in its own task (one function, not a chain of
-        # coroutines: this runs thousands of times a second).
+        """Hand the message to a task of our own, not aiormq's.
+
+        aiormq cancels its consumer tasks when their channel closes (a broker
+        node going away): a send cut there leaves the outcome unwritten although
+        the receiver answered, and the redelivered copy is sent again. Our own
+        task finishes the follow-up (the outcome becomes durable, so the copy's
+        claim sees it); only its ack is void (the channel is gone).
+        """
         if self._stopping:
-            return  # arrived after the cancel: left unacked, it returns to the queue on close
+            return  # arrived after the cancel: unacked, it returns to the queue on close
         message = Delivery(raw)
         self._acks.received(message)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # tracked for the stop
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._tasks.add(task)  # tracked for in_flight and the stop
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: Delivery) -> None:
         try:
             await self._process(message)
         except asyncio.CancelledError:
@@ -386,10 +441,9 @@ class PostbackConsumer:
             log.exception("postback handling failed; the message returns to the queue")
             with contextlib.suppress(Exception):
                 await asyncio.sleep(1.0)
-                await message.nack(requeue=True)
+                async with asyncio.timeout(FOLLOW_UP_SECONDS):
+                    await message.nack(requeue=True)
                 self._acks.settled(message)
-        finally:
-            self._tasks.discard(task)
 
     async def _process(self, message: Delivery) -> None:
         assert self._pool is not None and self._cache is not None and self._log is not None

@@ -29,13 +29,15 @@ class DispatcherRuntime:
     consumer: PostbackConsumer
     metrics: DispatcherMetrics
     workers: WorkerProcesses | None = None
+    # False (``serve --no-consume``): connected for publishing (replays), no consumers.
+    consuming: bool = True
     scrape: ScrapeSources = field(init=False)
 
     def __post_init__(self) -> None:
         self.scrape = ScrapeSources(self)
 
     @classmethod
-    def build(cls, settings: DispatcherSettings) -> DispatcherRuntime:
+    def build(cls, settings: DispatcherSettings, *, consume: bool = True) -> DispatcherRuntime:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         sessionmaker = create_sessionmaker(engine)
         guard = TargetGuard(enabled=not settings.postback_allow_private_targets)
@@ -48,6 +50,7 @@ class DispatcherRuntime:
             publisher=publisher,
             # Light traffic goes to this process; workers take the overflow.
             consumer_priority=1 if settings.workers > 1 else 0,
+            archive_dead_letters=consume,
         )
         return cls(
             settings=settings,
@@ -59,13 +62,17 @@ class DispatcherRuntime:
             metrics=DispatcherMetrics(consumer),
             workers=(
                 WorkerProcesses(consumer_settings, settings.workers - 1)
-                if settings.workers > 1
+                if settings.workers > 1 and consume
                 else None
             ),
+            consuming=consume,
         )
 
     async def start(self) -> None:
         await self.metrics.start()
+        if not self.consuming:
+            await self.consumer.start(consume=False)
+            return
         if self.workers is None:
             await self.consumer.start()
             return

@@ -9,6 +9,8 @@ from postback_core.settings import HTTPServiceSettings, resolve_workers
 
 class DispatcherSettings(HTTPServiceSettings):
     port: int = Field(8001, alias="DISPATCHER_PORT", ge=1, le=65535)
+    # ``postback-dispatcher consume``: its /healthz, /readyz and /metrics.
+    consumer_port: int = Field(8002, alias="DISPATCHER_CONSUMER_PORT", ge=1, le=65535)
     postback_timeout_seconds: float = Field(15.0, alias="POSTBACK_TIMEOUT_SECONDS", gt=0, le=120)
     postback_allow_private_targets: bool = Field(False, alias="POSTBACK_ALLOW_PRIVATE_TARGETS")
     # Messages in flight at once (= AMQP prefetch).
