@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from postback_core.topology import DEAD_LETTER_QUEUE, WORK_QUEUE
 from tests.postback_dispatcher.conftest import (
@@ -92,8 +93,11 @@ async def test_consume_delivers_and_answers_health_only(
 
                 await wait_for(delivered, timeout=60, message="delivered by `consume`")
                 assert (await http.get("/healthz")).status_code == 200
-                metrics = (await http.get("/metrics")).text
-                assert "postback_dispatcher_delivered 1" in metrics
+
+                async def counted_delivered() -> bool:
+                    return _delivered_count((await http.get("/metrics")).text) == 1
+
+                await wait_for(counted_delivered, timeout=10, message="/metrics counts it")
                 # Consumers only: the operator API is not served here.
                 headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
                 assert (await http.get("/api/v1/dead-letters", headers=headers)).status_code == 404
@@ -118,6 +122,18 @@ async def test_serve_no_consume_answers_the_api_and_consumes_nothing(
                 await publish_event(amqp_url, event)
                 counts = await consumers_of(vhost)
                 assert counts.get(WORK_QUEUE, 0) == 0 and counts.get(DEAD_LETTER_QUEUE, 0) == 0
-                assert "postback_dispatcher_delivered 0" in (await http.get("/metrics")).text
+                assert _delivered_count((await http.get("/metrics")).text) == 0
         assert await delivery_row(pg, event.conversion_id) is None
         assert receiver.matching("/api-only") == []
+
+
+def _delivered_count(exposition: str) -> float:
+    """``postback_dispatcher_messages_total{result="delivered"}`` of a /metrics answer."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if (
+                sample.name == "postback_dispatcher_messages_total"
+                and sample.labels.get("result") == "delivered"
+            ):
+                return sample.value
+    return 0.0
