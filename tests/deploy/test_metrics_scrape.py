@@ -161,7 +161,16 @@ async def test_both_endpoints_count_a_small_run_exactly(stack: Stack) -> None:
         moved = _delta(
             now, dispatcher_before, "postback_dispatcher_messages_total", result="delivered"
         )
-        return now if moved == 1 else None
+        attempted = _delta(
+            now,
+            dispatcher_before,
+            "postback_attempts_total",
+            outcome="delivered",
+            status_class="2xx",
+            reason="none",
+        )
+        timed = _delta(now, dispatcher_before, "postback_delivery_latency_seconds_count")
+        return now if moved == attempted == timed == 1 else None
 
     dispatcher_after = await wait_for(delivered, timeout=10, message="delivered counted once")
     assert (

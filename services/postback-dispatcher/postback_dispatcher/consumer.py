@@ -53,6 +53,7 @@ from postback_core.enums import (
     DeadLetterReason,
     DeliveryStatus,
 )
+from postback_core.logs import delivery_context
 from postback_core.security import mask_in_text
 from postback_core.topology import (
     DEAD_EXCHANGE,
@@ -89,6 +90,7 @@ from postback_dispatcher.breaker import (
 )
 from postback_dispatcher.broker import ConfirmedPublisher, Subscription
 from postback_dispatcher.events import DispatchEvent, decode_event
+from postback_dispatcher.metrics import observe_attempt, observe_dead_letter, observe_delivered
 from postback_dispatcher.rendering import compile_template
 from postback_dispatcher.repository import (
     DATA_ERRORS,
@@ -480,7 +482,9 @@ class PostbackConsumer:
         in_flight[key] = None
         settled = False
         try:
-            await self._deliver(message, headers, event, sequence)
+            # Every line logged for this delivery carries its conversion and event ids.
+            with delivery_context(event.conversion_id, event.event_id):
+                await self._deliver(message, headers, event, sequence)
             settled = True
         finally:
             waiter = in_flight.pop(key, None)
@@ -617,6 +621,19 @@ class PostbackConsumer:
             else None,
             created_at=started_at,
         )
+        observe_attempt(
+            AttemptOutcome(outcome_name),
+            http_status=result.status,
+            duration_seconds=result.duration_ms / 1000,
+            reason=DeadLetterReason(reason or DeadLetterReason.EXHAUSTED)
+            if verdict == AttemptOutcome.DEAD
+            else None,
+            conversion_id=event.conversion_id,
+            event_id=event.event_id,
+            attempt_no=attempt_no,
+            url_masked=record.url_masked,
+            error_class=result.error_class,
+        )
 
         if verdict == AttemptOutcome.DELIVERED:
             await self._log.write(
@@ -626,6 +643,7 @@ class PostbackConsumer:
                 ),
             )
             self.metrics.delivered += 1
+            observe_delivered((_now() - event.occurred_at).total_seconds())
             self._acks.ack(message)
             return
 
@@ -858,6 +876,7 @@ class PostbackConsumer:
         body: bytes | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
+        observe_dead_letter(DeadLetterReason(reason))
         dead_headers = self._carry_headers(headers, history)
         dead_headers[HEADER_DEAD_REASON] = reason
         if attempt_no is not None:
