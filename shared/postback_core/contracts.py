@@ -86,13 +86,11 @@ class SubIds(BaseModel):
     sub5: Text | None = None
 
 
-class ConversionEvent(BaseModel):
-    """Schema version 1 of ``conversion.created``."""
+class _ConversionFields(BaseModel):
+    """What every version of the event carries, with the same names, meaning and ranges."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    event_type: Literal["conversion.created"] = CONVERSION_CREATED
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     conversion_id: Id
     click_id: Id
@@ -110,6 +108,13 @@ class ConversionEvent(BaseModel):
     device: Text | None = None
     sub_ids: SubIds = SubIds()
     occurred_at: datetime
+
+
+class ConversionEvent(_ConversionFields):
+    """Schema version 1 of ``conversion.created``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_type: Literal["conversion.created"] = CONVERSION_CREATED
 
     @property
     def status(self) -> ConversionStatus:
@@ -120,7 +125,7 @@ class ConversionEvent(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
 
-class ConversionEventV2(BaseModel):
+class ConversionEventV2(_ConversionFields):
     """Schema version 2: a conversion was created, or its status changed.
 
     The fields of version 1 keep their names and meaning (``payout`` is what
@@ -128,36 +133,17 @@ class ConversionEventV2(BaseModel):
     lifecycle adds the goal, statuses and ``sequence``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
     schema_version: Literal[2] = SCHEMA_VERSION_2
     event_type: Literal["conversion.created", "conversion.status_changed"] = CONVERSION_CREATED
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    conversion_id: Id
     sequence: int = Field(ge=1, le=MAX_SEQUENCE)
-    click_id: Id
-    external_id: Text | None = None
-    publisher_id: Id
-    smartlink_id: Id | None = None
-    offer_id: Id | None = None
-    advertiser_id: Id | None = None
     goal: Text
     status: ConversionStatus
     previous_status: ConversionStatus | None = None
     reject_reason: Text | None = None
-    payout: Payout
     amount: Payout | None = None  # what the advertiser reported (revenue share)
-    currency: Text = "USD"
-    txid: Text | None = None
-    country: Text | None = None
-    ip: Text | None = None
-    os: Text | None = None
-    device: Text | None = None
     user_agent: LongText | None = None
-    sub_ids: SubIds = SubIds()
     clicked_at: datetime | None = None
     converted_at: datetime
-    occurred_at: datetime
 
     def to_json(self) -> bytes:
         # pydantic's own serializer: the same JSON as orjson over model_dump, in half the time
